@@ -1,0 +1,31 @@
+# One command installs and runs the demo, one installs and runs the tests (see README).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3.11
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+# Reinstalls only when the dependency files change; a second `make install` is a no-op.
+$(STAMP): pyproject.toml constraints.txt
+	@command -v ffmpeg >/dev/null || (apt-get update -qq && apt-get install -y -qq ffmpeg)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(VENV)/bin/unish curate examples/manifest.csv --out runs/demo --workers 2
+	$(VENV)/bin/unish inspect runs/demo
+
+bench: install
+	$(PY) bench/spine.py
+
+clean:
+	rm -rf runs

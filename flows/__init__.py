@@ -1,0 +1,1 @@
+"""Prefect flows and the `unish` command line: orchestration only."""

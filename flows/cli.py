@@ -1,0 +1,130 @@
+"""The `unish` command line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="unish: curate video into training shards, and run UniSH.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+console = Console(stderr=True)
+
+
+@app.command()
+def curate(
+    manifest: Path = typer.Argument(..., help="CSV, JSONL or Parquet with source[, start, end, id]"),
+    out: Path = typer.Option(..., "--out", help="output folder (shards/, index.parquet, videos.parquet)"),
+    profile: str = typer.Option("none", help="labelling profile: none, lite or paper"),
+    stages: Optional[str] = typer.Option(None, help="comma-separated labelling stages (overrides --profile)"),
+    workers: int = typer.Option(2, min=1, help="videos processed at once"),
+    window_seconds: float = typer.Option(5.0, help="clip window length"),
+    window_frames: int = typer.Option(30, help="frames per window"),
+    window_fps: float = typer.Option(6.0, help="frames per second inside a window"),
+    stride: Optional[float] = typer.Option(None, help="seconds between window starts (default: back to back)"),
+    shard_max_mb: float = typer.Option(512.0, help="shard size bound"),
+    fetch_retries: int = typer.Option(3, help="retries of a transient download error"),
+    retry_delay: list[float] = typer.Option([10.0, 60.0, 300.0], help="seconds before each retry"),
+    cookies: Optional[str] = typer.Option(None, help="cookies.txt for yt-dlp (only if you configure it)"),
+    proxy: Optional[str] = typer.Option(None, help="proxy URL for yt-dlp"),
+    progress: bool = typer.Option(True, help="live progress display"),
+) -> None:
+    """Curate a manifest into WebDataset shards with a Parquet index."""
+    from flows.curate import run_curate, set_progress_hook
+    from flows.params import CurateConfig
+    from flows.report import print_funnel
+    from shards.index import compute_funnel, read_index
+
+    config = CurateConfig(
+        profile=profile, stages=stages.split(",") if stages else None, workers=workers,
+        window_seconds=window_seconds, window_frames=window_frames, window_fps=window_fps, stride_s=stride,
+        shard_max_mb=shard_max_mb, fetch_retries=fetch_retries, fetch_retry_delays_s=retry_delay,
+        cookies=cookies, proxy=proxy, progress=progress,
+    )
+    if not manifest.exists():
+        console.print(f"[red]manifest {manifest} does not exist[/red]")
+        raise typer.Exit(2)
+    if progress:
+        _run_with_progress(manifest, out, config)
+    else:
+        set_progress_hook(None)
+        run_curate(manifest, out, config)
+    index, videos = read_index(out)
+    print_funnel(compute_funnel(index, videos), Console())
+    problems = [v for v in videos.to_pylist() if v["status"] == "error"]
+    for v in problems:
+        console.print(f"[yellow]{v['reason']}[/yellow] row {v['row']} {v['source']}: {v['message']}")
+
+
+def _run_with_progress(manifest: Path, out: Path, config) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from flows.curate import run_curate, set_progress_hook
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[last]}"), console=console, transient=False) as bar:
+        task_id = bar.add_task("videos", total=None, last="")
+
+        def hook(event: dict) -> None:
+            if event["event"] == "start":
+                bar.update(task_id, total=event["videos"])
+            else:
+                bar.update(task_id, advance=1, last=f"{event['source_id'] or event['source']}: "
+                           f"{event['status']} {event.get('reason') or ''} ({event.get('ok_clips', 0)} clips)")
+
+        set_progress_hook(hook)
+        try:
+            run_curate(manifest, out, config)
+        finally:
+            set_progress_hook(None)
+
+
+@app.command()
+def inspect(
+    out: Path = typer.Argument(..., help="a curated output folder"),
+    samples: int = typer.Option(3, help="clips to read back through the shard reader"),
+    as_json: bool = typer.Option(False, "--json", help="print the funnel as JSON"),
+) -> None:
+    """Print the funnel from the index and read a few clips back from the shards."""
+    from flows.report import print_funnel
+    from shards.index import compute_funnel, read_index
+    from shards.reader import iter_clips
+
+    try:
+        index, videos = read_index(out)
+    except FileNotFoundError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    funnel = compute_funnel(index, videos)
+    if as_json:
+        typer.echo(json.dumps({k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(funnel).items()}))
+    else:
+        print_funnel(funnel, Console())
+    ok = [r for r in index.to_pylist() if r["status"] == "ok"]
+    shards = sorted({r["shard"] for r in ok})
+    table = Table(title="clips read back", header_style="bold")
+    for col in ("key", "frames", "size", "labels", "seconds"):
+        table.add_column(col)
+    read = 0
+    for clip in iter_clips([str(Path(out) / "shards" / s) for s in shards]):
+        if read >= samples:
+            break
+        table.add_row(clip.key, str(clip.frames.shape[0]), f"{clip.frames.shape[2]}x{clip.frames.shape[1]}",
+                      ",".join(sorted(clip.labels)) or "-", f"{clip.meta['start_s']:.2f}-{clip.meta['end_s']:.2f}")
+        read += 1
+    if not as_json:
+        Console().print(table)
+    if ok and read == 0:
+        console.print("[red]the index lists clips but none could be read back[/red]")
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

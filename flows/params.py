@@ -1,0 +1,49 @@
+"""Flow parameters (pydantic): what a user can set for a curation run, in one place."""
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from shards.writer import ShardLimits
+from tasks.pipeline import SpineParams
+from tasks.shots import ShotParams, WindowParams
+
+
+class CurateConfig(BaseModel):
+    profile: str = Field("none", description="labelling profile: none, lite or paper")
+    stages: list[str] | None = Field(None, description="explicit labelling stage names (overrides the profile)")
+    workers: int = Field(2, ge=1, description="videos processed at once")
+    window_seconds: float = Field(5.0, gt=0)
+    window_frames: int = Field(30, ge=1)
+    window_fps: float = Field(6.0, gt=0)
+    stride_s: float | None = Field(None, gt=0, description="seconds between window starts (default: back to back)")
+    shot_threshold: float = Field(27.0, gt=0)
+    min_scene_len_s: float = Field(0.5, ge=0)
+    jpeg_quality: int = Field(92, ge=50, le=100)
+    shard_max_mb: float = Field(512.0, gt=0)
+    shard_max_samples: int = Field(1000, ge=1)
+    section_pad_s: float = Field(2.0, ge=0)
+    fetch_retries: int = Field(3, ge=0)
+    fetch_retry_delays_s: list[float] = Field(default_factory=lambda: [10.0, 60.0, 300.0])
+    host_backoff_s: float = Field(30.0, ge=0)
+    cookies: str | None = None
+    proxy: str | None = None
+    progress: bool = True
+
+    def spine(self) -> SpineParams:
+        return SpineParams(
+            windows=WindowParams(self.window_seconds, self.window_fps, self.window_frames, self.stride_s),
+            shots=ShotParams(self.shot_threshold, self.min_scene_len_s),
+            jpeg_quality=self.jpeg_quality,
+            shard_limits=ShardLimits(int(self.shard_max_mb * 1024 * 1024), self.shard_max_samples),
+        )
+
+    def stage_names(self) -> list[str]:
+        if self.stages is not None:
+            return list(self.stages)
+        if self.profile == "none":
+            return []
+        from tasks.profiles import PROFILES  # noqa: PLC0415 (profiles import the stage backends)
+
+        if self.profile not in PROFILES:
+            raise ValueError(f"unknown profile {self.profile!r}; known: none, {', '.join(sorted(PROFILES))}")
+        return list(PROFILES[self.profile])

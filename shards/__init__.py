@@ -1,0 +1,1 @@
+"""The on-disk format: clip records, WebDataset shards, the Parquet index, release manifests."""

@@ -1,0 +1,91 @@
+"""The Parquet index (one row per clip window) and videos table (one row per manifest row)."""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shards.schema import (
+    INDEX_SCHEMA,
+    STATUS_ERROR,
+    STATUS_OK,
+    STATUS_REJECTED,
+    VIDEOS_SCHEMA,
+    empty_row,
+)
+
+INDEX_FILE = "index.parquet"
+VIDEOS_FILE = "videos.parquet"
+
+
+def rows_to_table(rows: Iterable[dict], schema: pa.Schema) -> pa.Table:
+    full = []
+    for row in rows:
+        unknown = set(row) - set(schema.names)
+        if unknown:
+            raise ValueError(f"row has columns not in the schema: {sorted(unknown)}")
+        full.append({**empty_row(schema), **row})
+    return pa.Table.from_pylist(full, schema=schema)
+
+
+def write_table_atomic(table: pa.Table, path: Path) -> None:
+    """Write to a temp name, fsync, rename: readers see the old file or the new one, never half."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_index(out_dir: Path) -> tuple[pa.Table, pa.Table]:
+    out_dir = Path(out_dir)
+    missing = [n for n in (INDEX_FILE, VIDEOS_FILE) if not (out_dir / n).exists()]
+    if missing:
+        raise FileNotFoundError(f"{out_dir} is not a curated output: missing {', '.join(missing)}")
+    return pq.read_table(out_dir / INDEX_FILE), pq.read_table(out_dir / VIDEOS_FILE)
+
+
+@dataclass
+class Funnel:
+    videos_in: int = 0
+    videos_ok: int = 0
+    videos_error: Counter = field(default_factory=Counter)  # reason -> count
+    videos_rejected: Counter = field(default_factory=Counter)  # reason -> count
+    windows: int = 0
+    rejected: Counter = field(default_factory=Counter)  # rule -> count
+    errors: Counter = field(default_factory=Counter)  # error class -> count
+    clips_written: int = 0
+    bytes_written: int = 0
+    shards: int = 0
+
+
+def compute_funnel(index: pa.Table, videos: pa.Table) -> Funnel:
+    f = Funnel()
+    vids = videos.to_pylist()
+    f.videos_in = len(vids)
+    for v in vids:
+        if v["status"] == STATUS_ERROR:
+            f.videos_error[v["reason"] or "unknown"] += 1
+        elif v["status"] == STATUS_REJECTED:
+            f.videos_rejected[v["reason"] or "unknown"] += 1
+        else:
+            f.videos_ok += 1
+    shards = set()
+    for row in index.to_pylist():
+        f.windows += 1
+        if row["status"] == STATUS_OK:
+            f.clips_written += 1
+            f.bytes_written += row["bytes"] or 0
+            shards.add(row["shard"])
+        elif row["status"] == STATUS_REJECTED:
+            f.rejected[row["reason"] or "unknown"] += 1
+        elif row["status"] == STATUS_ERROR:
+            f.errors[row["reason"] or "unknown"] += 1
+    f.shards = len(shards)
+    return f

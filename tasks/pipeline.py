@@ -1,0 +1,207 @@
+"""The per-video chain as plain functions on paths: probe -> segment -> label stages -> pack.
+
+Each step checks its own completion marker first, so a rerun after a crash redoes only what did not
+finish; the Prefect wrappers in flows/curate.py add orchestration, retries and cache keys on top.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shards.schema import STATUS_ERROR, STATUS_OK, STATUS_REJECTED, clip_key
+from shards.writer import TMP_SUFFIX, ShardLimits, ShardWriter
+from tasks.decode import WindowOutcome, frame_geometry, segment_video
+from tasks.fetch import Fetched
+from tasks.manifest import ManifestRow
+from tasks.probe import VideoInfo, probe_video
+from tasks.shots import ShotParams, WindowParams
+from tasks.stage import ClipRejected, LabelStage
+from tasks import staging
+
+SPINE_VERSION = "1"  # bump when segment/pack output changes: invalidates cached work
+
+
+@dataclass(frozen=True)
+class SpineParams:
+    windows: WindowParams = field(default_factory=WindowParams)
+    shots: ShotParams = field(default_factory=ShotParams)
+    jpeg_quality: int = 92
+    shard_limits: ShardLimits = field(default_factory=ShardLimits)
+
+    def fingerprint(self) -> str:
+        return digest({"spine": SPINE_VERSION, **asdict(self)})
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def video_workdir(work: Path, row: ManifestRow) -> Path:
+    return Path(work) / row.source_id / row.span_tag
+
+
+def shard_prefix(row: ManifestRow) -> str:
+    return f"{row.source_id}-{row.span_tag}"
+
+
+# -- probe ---------------------------------------------------------------------------------------
+
+
+def run_probe(fetched: Fetched, workdir: Path) -> VideoInfo:
+    marker = workdir / "probe.json"
+    if marker.exists():
+        data = staging.read_json(marker)
+        if data.get("path") == fetched.path:
+            return VideoInfo(**data)
+    info = probe_video(fetched.path)
+    workdir.mkdir(parents=True, exist_ok=True)
+    staging.write_json_atomic(marker, info.to_dict())
+    return info
+
+
+# -- segment: decode once, cut detection, windows -> staged clips --------------------------------
+
+
+class SpanOutOfRange(Exception):
+    reason = "span_out_of_range"
+
+
+def run_segment(
+    row: ManifestRow, fetched: Fetched, info: VideoInfo, workdir: Path, params: SpineParams
+) -> list[dict]:
+    marker = workdir / "segment.json"
+    fp = params.fingerprint()
+    if marker.exists():
+        data = staging.read_json(marker)
+        if data.get("fingerprint") == fp:
+            return data["windows"]
+    file_end = fetched.section_start_s + info.duration_s
+    start = row.start_s if row.start_s is not None else fetched.section_start_s
+    if start >= file_end:
+        raise SpanOutOfRange(f"start {start:.3f} s is past the end of the video ({file_end:.3f} s)")
+    end = row.end_s
+    clips_dir = workdir / "clips"
+    shutil.rmtree(clips_dir, ignore_errors=True)
+    clips_dir.mkdir(parents=True)
+    geom = frame_geometry(info)
+    windows: list[dict] = []
+
+    def on_window(w: WindowOutcome) -> None:
+        key = clip_key(row.source_id, w.start_s, w.end_s)
+        summary = {"key": key, "start_s": w.start_s, "end_s": w.end_s, "status": w.status, "reason": w.reason,
+                   "message": w.message, "stats": w.stats}
+        if w.status == STATUS_OK:
+            assert w.frames is not None and w.frame_times_s is not None
+            meta = {
+                "key": key, "source": row.source, "source_id": row.source_id, "start_s": w.start_s,
+                "end_s": w.end_s, "frame_times_s": [round(float(t), 6) for t in w.frame_times_s],
+                "fps": params.windows.fps, "width": geom.out_width, "height": geom.out_height,
+                "geometry": geom.to_dict(), "source_fps": info.fps, "codec": info.codec,
+                "jpeg_quality": params.jpeg_quality,
+            }
+            staging.stage_window(clips_dir / key, w.frames, meta, {k: summary[k] for k in ("status", "reason", "message", "stats")}, params.jpeg_quality)
+        windows.append(summary)
+
+    report = segment_video(info, fetched.section_start_s, (start, end), on_window, params.windows, params.shots, geom)
+    if end is not None and end > file_end + 0.5:
+        for w in windows:
+            w["stats"]["span_clamped_to_s"] = round(file_end, 3)
+    staging.write_json_atomic(marker, {"fingerprint": fp, "windows": windows, "cuts_s": report.cuts_s,
+                                       "frames_decoded": report.frames_decoded, "decode_error": report.decode_error})
+    return windows
+
+
+# -- labelling stages ----------------------------------------------------------------------------
+
+
+def stage_fingerprint(stage: LabelStage) -> str:
+    params = getattr(stage, "params", None)
+    return digest({"name": stage.name, "version": stage.version, "params": asdict(params) if params is not None and hasattr(params, "__dataclass_fields__") else repr(params)})
+
+
+def run_label_stage(stage: LabelStage, workdir: Path, windows: list[dict]) -> dict[str, int]:
+    """Run one labelling stage over the video's ok clips; returns counts (labelled, rejected, skipped)."""
+    fp = stage_fingerprint(stage)
+    counts = {"labelled": 0, "rejected": 0, "skipped": 0}
+    for w in windows:
+        clip_dir = workdir / "clips" / w["key"]
+        if w["status"] != STATUS_OK or not clip_dir.exists():
+            continue
+        status = staging.clip_status(clip_dir)
+        if status["status"] != STATUS_OK:
+            continue
+        done = staging.label_done(clip_dir, stage.name)
+        if done is not None and done.get("fingerprint") == fp:
+            counts["skipped"] += 1
+            continue
+        clip = staging.load_clip(clip_dir)
+        try:
+            clip = stage(clip)
+        except ClipRejected as r:
+            stats = {**status.get("stats", {}), stage.name: r.stats}
+            staging.set_clip_status(clip_dir, {"status": STATUS_REJECTED, "reason": r.rule, "message": r.detail,
+                                              "stats": stats, "stage": stage.name})
+            counts["rejected"] += 1
+            continue
+        provenance = {**clip.provenance.get(stage.name, {}), "version": stage.version, "fingerprint": fp}
+        staging.write_labels(clip_dir, stage.name, clip.labels.get(stage.name, {}), provenance)
+        counts["labelled"] += 1
+    return counts
+
+
+# -- pack ----------------------------------------------------------------------------------------
+
+
+def run_pack(
+    row: ManifestRow, workdir: Path, windows: list[dict], families: list[str], shard_dir: Path, limits: ShardLimits
+) -> list[dict]:
+    """Write the video's ok clips to shards and return its index rows (also saved as rows.json)."""
+    marker = workdir / "rows.json"
+    if marker.exists():
+        return staging.read_json(marker)
+    prefix = shard_prefix(row)
+    shard_dir = Path(shard_dir)
+    for stale in list(shard_dir.glob(f"{prefix}-*.tar")) + list(shard_dir.glob(f"{prefix}-*.tar{TMP_SUFFIX}")):
+        stale.unlink()  # a crash between shard close and rows.json: rewrite the video's shards whole
+    rows: list[dict] = []
+    with ShardWriter(shard_dir, prefix, limits) as writer:
+        for w in windows:
+            clip_dir = workdir / "clips" / w["key"]
+            status = staging.clip_status(clip_dir) if clip_dir.exists() else w
+            out = {
+                "key": w["key"], "source": row.source, "source_id": row.source_id, "row": row.row,
+                "start_s": w["start_s"], "end_s": w["end_s"], "status": status["status"],
+                "reason": status.get("reason", ""), "message": status.get("message", ""),
+                "stats": json.dumps(status.get("stats", {}), sort_keys=True),
+            }
+            if status["status"] == STATUS_OK:
+                members = staging.sample_members(clip_dir, families)
+                meta = json.loads(members["meta.json"])
+                out["shard"] = writer.write(members)
+                out["bytes"] = writer.written[-1][2]
+                out["n_frames"] = len(staging.frame_files(clip_dir))
+                out["width"], out["height"] = meta["width"], meta["height"]
+                out["labels"] = json.dumps({f: meta["labels"][f].get("version") for f in families}, sort_keys=True)
+            rows.append(out)
+    staging.write_json_atomic(marker, rows)
+    return rows
+
+
+def video_row(row: ManifestRow, status: str, reason: str = "", message: str = "", info: VideoInfo | None = None,
+              path: str = "", clip_rows: list[dict] | None = None) -> dict:
+    out: dict[str, Any] = {"source": row.source, "source_id": row.source_id, "row": row.row, "status": status,
+                           "reason": reason, "message": message, "path": path}
+    if info is not None:
+        out.update(duration_s=info.duration_s, fps=info.fps, width=info.width, height=info.height,
+                   codec=info.codec, rotation=info.rotation)
+    if clip_rows is not None:
+        out["n_windows"] = len(clip_rows)
+        out["n_ok"] = sum(r["status"] == STATUS_OK for r in clip_rows)
+    return out
+
+
+ERROR_STATUS = STATUS_ERROR

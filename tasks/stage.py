@@ -1,0 +1,97 @@
+"""The labelling-stage interface and registry.
+
+The curation flow runs, per clip window: decode -> [labelling stages, in profile order] -> pack.
+A labelling stage is any object that satisfies `LabelStage`; registering it under a name lets a
+profile (or `--stages`) put it between decode and pack without touching the flow.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+
+class ClipRejected(Exception):
+    """A filter decided the clip is not usable; `rule` becomes the index reason (`rejected:<rule>`)."""
+
+    def __init__(self, rule: str, detail: str = "", stats: dict[str, Any] | None = None):
+        super().__init__(f"{rule}: {detail}" if detail else rule)
+        self.rule = rule
+        self.detail = detail
+        self.stats = stats or {}
+
+
+@dataclass
+class ClipWindow:
+    """One decoded clip window on its way through the labelling stages.
+
+    frames: (T, H, W, 3) uint8 RGB at the model's input size (518x294 landscape, 294x518 portrait).
+    labels: label family -> {entry name -> np.ndarray | dict | str}; each entry becomes one member
+      of the clip's WebDataset sample (`<family>.<entry>.npy` for arrays, `.json` for dicts).
+    provenance: label family -> {backend, weights_sha256, package_version, params, version}.
+    """
+
+    key: str
+    source_id: str
+    start_s: float
+    end_s: float
+    frames: np.ndarray
+    frame_times_s: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, dict[str, Any]] = field(default_factory=dict)
+    provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@runtime_checkable
+class LabelStage(Protocol):
+    name: str  # label family it writes, e.g. "people", "masks", "depth", "keypoints"
+    version: str  # bump when the output changes: part of cache keys and label versions
+
+    def setup(self) -> None:
+        """Load weights once per worker; raise before any video is touched if they are missing."""
+
+    def __call__(self, clip: ClipWindow) -> ClipWindow:
+        """Add labels to `clip` (or raise ClipRejected)."""
+
+
+StageFactory = Callable[..., LabelStage]
+_REGISTRY: dict[str, StageFactory] = {}
+
+
+def register_stage(name: str) -> Callable[[StageFactory], StageFactory]:
+    """Register a stage factory under `name` (`"people:hog"`, `"masks:sam2"`, ...)."""
+
+    def wrap(factory: StageFactory) -> StageFactory:
+        if name in _REGISTRY and _REGISTRY[name] is not factory:
+            raise ValueError(f"stage {name!r} registered twice")
+        _REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+def registered_stages() -> dict[str, StageFactory]:
+    _import_builtin_stages()
+    return dict(_REGISTRY)
+
+
+def build_stage(name: str, **params: Any) -> LabelStage:
+    stages = registered_stages()
+    if name not in stages:
+        raise KeyError(f"unknown stage {name!r}; known: {', '.join(sorted(stages)) or 'none'}")
+    return stages[name](**params)
+
+
+def _import_builtin_stages() -> None:
+    # Stage modules register themselves on import; a missing optional dependency only hides its stage.
+    import importlib
+
+    for module in BUILTIN_STAGE_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+
+
+BUILTIN_STAGE_MODULES: list[str] = []

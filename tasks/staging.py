@@ -1,0 +1,106 @@
+"""The per-video work folder between decode and pack: one folder per clip window, written atomically.
+
+<work>/<source_id>/<span>/
+  probe.json, segment.json       what probe and segment found (their completion markers)
+  clips/<key>/                   meta.json, status.json, frames.NNN.jpg, <family>.<entry>.npy|json,
+                                 <family>.done (a label family is complete only with its marker)
+  rows.json                      the video's final index rows: the video is finished when it exists
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shards.sample import decode_jpeg, encode_jpeg, encode_json, label_members
+from shards.schema import STATUS_OK
+from tasks.stage import ClipWindow
+
+STATUS_FILE = "status.json"
+META_FILE = "meta.json"
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, sort_keys=True, indent=1))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def stage_window(clip_dir: Path, frames: np.ndarray, meta: dict, status: dict, jpeg_quality: int) -> None:
+    """Write a clip folder under a temp name and rename it: it exists complete or not at all."""
+    tmp = clip_dir.with_name(clip_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for i, frame in enumerate(frames):
+        (tmp / f"frames.{i:03d}.jpg").write_bytes(encode_jpeg(frame, jpeg_quality))
+    (tmp / META_FILE).write_bytes(encode_json(meta))
+    write_json_atomic(tmp / STATUS_FILE, status)
+    shutil.rmtree(clip_dir, ignore_errors=True)
+    os.replace(tmp, clip_dir)
+
+
+def clip_status(clip_dir: Path) -> dict:
+    return read_json(clip_dir / STATUS_FILE)
+
+
+def set_clip_status(clip_dir: Path, status: dict) -> None:
+    write_json_atomic(clip_dir / STATUS_FILE, status)
+
+
+def frame_files(clip_dir: Path) -> list[Path]:
+    return sorted(clip_dir.glob("frames.*.jpg"))
+
+
+def load_clip(clip_dir: Path) -> ClipWindow:
+    meta = read_json(clip_dir / META_FILE)
+    frames = np.stack([decode_jpeg(p.read_bytes()) for p in frame_files(clip_dir)])
+    return ClipWindow(
+        key=meta["key"],
+        source_id=meta["source_id"],
+        start_s=meta["start_s"],
+        end_s=meta["end_s"],
+        frames=frames,
+        frame_times_s=np.asarray(meta["frame_times_s"]),
+        meta=meta,
+    )
+
+
+def label_done(clip_dir: Path, family: str) -> dict | None:
+    marker = clip_dir / f"{family}.done"
+    return read_json(marker) if marker.exists() else None
+
+
+def write_labels(clip_dir: Path, family: str, entries: dict[str, Any], provenance: dict) -> None:
+    """Members first, marker last: a crash leaves the family incomplete, never half-marked."""
+    for old in clip_dir.glob(f"{family}.*"):
+        old.unlink()
+    for name, data in label_members({family: entries}).items():
+        tmp = clip_dir / (name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, clip_dir / name)
+    write_json_atomic(clip_dir / f"{family}.done", provenance)
+
+
+def sample_members(clip_dir: Path, families: list[str]) -> dict[str, bytes | str]:
+    """The clip's shard members, read as stored (frames are not re-encoded)."""
+    meta = read_json(clip_dir / META_FILE)
+    meta["labels"] = {f: read_json(clip_dir / f"{f}.done") for f in families}
+    members: dict[str, bytes | str] = {"__key__": meta["key"], META_FILE: encode_json(meta)}
+    for p in frame_files(clip_dir):
+        members[p.name] = p.read_bytes()
+    for family in families:
+        for p in sorted(clip_dir.glob(f"{family}.*.npy")) + sorted(clip_dir.glob(f"{family}.*.json")):
+            members[p.name] = p.read_bytes()
+    return members
+
+
+def is_ok(clip_dir: Path) -> bool:
+    return clip_status(clip_dir)["status"] == STATUS_OK

@@ -1,0 +1,1 @@
+"""UniSH in PyTorch: scene branch, human branch, AlignNet, geometry, losses, metrics, conversion."""
