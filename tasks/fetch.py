@@ -112,6 +112,15 @@ def download_path(downloads: Path, row: ManifestRow) -> Path:
     return Path(downloads) / row.source_id / f"{row.span_tag}.mp4"
 
 
+class _QuietLogger:
+    """yt-dlp prints errors itself even when quiet; we raise them classified instead."""
+
+    def debug(self, msg: str) -> None:
+        pass
+
+    info = warning = error = debug
+
+
 def fetch_source(
     row: ManifestRow,
     downloads: Path,
@@ -152,6 +161,7 @@ def fetch_source(
         "merge_output_format": "mp4",
         "overwrites": True,
         "cachedir": False,
+        "logger": _QuietLogger(),
     }
     if row.start_s is not None or row.end_s is not None:
         opts["download_ranges"] = download_range_func(None, [(start, end if end is not None else float("inf"))])

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +157,9 @@ def run_label_stage(stage: LabelStage, workdir: Path, windows: list[dict]) -> di
 
 # -- pack ----------------------------------------------------------------------------------------
 
+# Fault injection for the crash-safety test: slows packing so a SIGKILL lands mid-shard.
+_PACK_DELAY_S = float(os.environ.get("UNISH_FAULT_PACK_DELAY_S", "0") or 0)
+
 
 def run_pack(
     row: ManifestRow, workdir: Path, windows: list[dict], families: list[str], shard_dir: Path, limits: ShardLimits
@@ -186,6 +191,8 @@ def run_pack(
                 out["n_frames"] = len(staging.frame_files(clip_dir))
                 out["width"], out["height"] = meta["width"], meta["height"]
                 out["labels"] = json.dumps({f: meta["labels"][f].get("version") for f in families}, sort_keys=True)
+                if _PACK_DELAY_S:
+                    time.sleep(_PACK_DELAY_S)
             rows.append(out)
     staging.write_json_atomic(marker, rows)
     return rows

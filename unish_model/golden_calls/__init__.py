@@ -7,6 +7,7 @@ weights through our converter, runs the official call's equivalent and returns o
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,13 +35,12 @@ class GoldenRun:
 DEBUG_PREFIX = "dbg_"
 
 
-def input_array(inputs: "dict[str, np.ndarray] | object", name: str) -> np.ndarray:
+def input_array(inputs: Mapping[str, np.ndarray], name: str) -> np.ndarray:
     """The golden input `name`, given with or without its `in_` prefix."""
     key = name if name.startswith("in_") else f"in_{name}"
-    try:
-        return inputs[key]  # type: ignore[index]
-    except KeyError:
-        raise KeyError(f"golden input {key!r} not found; have {sorted(inputs)}") from None  # type: ignore[arg-type]
+    if key not in inputs:
+        raise KeyError(f"golden input {key!r} not found; have {sorted(inputs)}")
+    return inputs[key]
 
 
 def pick_sizes(section: dict, which: int = 0) -> dict:
