@@ -122,6 +122,15 @@ def inspect(
         raise typer.Exit(1)
 
 
+def _mount_subcommands() -> None:
+    from flows.eval_cmd import eval_app
+
+    app.add_typer(eval_app, name="eval")
+
+
+_mount_subcommands()
+
+
 def main() -> None:
     app()
 

@@ -79,19 +79,24 @@ def registered_stages() -> dict[str, StageFactory]:
 def build_stage(name: str, **params: Any) -> LabelStage:
     stages = registered_stages()
     if name not in stages:
-        raise KeyError(f"unknown stage {name!r}; known: {', '.join(sorted(stages)) or 'none'}")
+        broken = "".join(f"\n  {m} could not be imported: {err}" for m, err in _IMPORT_ERRORS.items())
+        raise KeyError(f"unknown stage {name!r}; known: {', '.join(sorted(stages)) or 'none'}{broken}")
     return stages[name](**params)
 
 
+_IMPORT_ERRORS: dict[str, str] = {}
+
+
 def _import_builtin_stages() -> None:
-    # Stage modules register themselves on import; a missing optional dependency only hides its stage.
+    # Stage modules register themselves on import. A module whose optional dependency is missing only
+    # hides its stages; the import error is kept and shown when one of them is asked for.
     import importlib
 
     for module in BUILTIN_STAGE_MODULES:
         try:
             importlib.import_module(module)
-        except ImportError:
-            pass
+        except ImportError as e:
+            _IMPORT_ERRORS[module] = str(e)
 
 
-BUILTIN_STAGE_MODULES: list[str] = []
+BUILTIN_STAGE_MODULES: list[str] = ["tasks.people", "tasks.masks", "tasks.depth", "tasks.keypoints"]
