@@ -124,8 +124,10 @@ def inspect(
 
 def _mount_subcommands() -> None:
     from flows.eval_cmd import eval_app
+    from flows.weights_cmd import weights_app
 
     app.add_typer(eval_app, name="eval")
+    app.add_typer(weights_app, name="weights")
 
 
 _mount_subcommands()

@@ -143,6 +143,19 @@ def check_golden(folder: str | Path, tolerance: float = DEFAULT_TOLERANCE) -> Go
     return GoldenReport(folder, golden, comparisons, dict(result.exempt), tolerance)
 
 
+def expand_golden_folders(paths: Sequence[Path]) -> list[Path]:
+    """A golden folder as given, or every golden folder directly inside a parent folder given instead
+    (so `goldens tests/data/goldens` checks them all); plain files such as a README are skipped."""
+    found: list[Path] = []
+    for path in paths:
+        if (path / "config.json").is_file() or not path.is_dir():
+            if path.is_dir() or not path.exists():
+                found.append(path)  # a missing folder still gets its clear error
+            continue
+        found.extend(sorted(p for p in path.iterdir() if (p / "config.json").is_file()))
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m unish_model.goldens", description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path, help="golden folders (config.json, weights, io.npz)")
@@ -150,7 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="max allowed max|ours-golden|/max(1,max|golden|) (default %(default)g)")
     args = parser.parse_args(argv)
     all_passed = True
-    for folder in args.folders:
+    folders = expand_golden_folders(args.folders)
+    if not folders:
+        print(f"no golden folder (one with config.json) in {', '.join(map(str, args.folders))}")
+        return 1
+    for folder in folders:
         try:
             report = check_golden(folder, args.tol)
         except Exception as exc:  # one broken golden must not hide the others' results

@@ -1,0 +1,267 @@
+"""The weights registry: every model file the project uses, where it lives, and how to get it.
+
+Weights live in one folder, `$UNISH_WEIGHTS` (default `~/.cache/unish/weights`), under the file names
+below. Stages call `require(name)` in `setup()` so a missing file fails before any video is touched,
+with a message that says how to get it. `pull` downloads what can be downloaded (streamed, hashed
+on the way, written to a temp name and renamed when complete); files behind a registration wall
+can only be placed by hand.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+WEIGHTS_ENV = "UNISH_WEIGHTS"
+DEFAULT_WEIGHTS_DIR = Path("~/.cache/unish/weights")
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """One model file. `needed_by` names profiles (paper, lite) and model uses (train, infer, eval)."""
+
+    name: str
+    filename: str
+    url: str | None  # direct download; None where the file is behind a registration
+    sha256: str | None  # None: not pinned yet (the check then only reports the hash it sees)
+    license: str
+    needed_by: tuple[str, ...]
+    registration: str | None = None  # page where a person registers to download it
+    note: str = ""
+
+    @property
+    def downloadable(self) -> bool:
+        return self.url is not None and self.registration is None
+
+
+def _hf(repo: str, path: str) -> str:
+    return f"https://huggingface.co/{repo}/resolve/main/{path}"
+
+
+_ULTRALYTICS_RELEASE = "https://github.com/ultralytics/assets/releases/download/v8.3.0"
+_SAM2_RELEASE = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
+
+REGISTRY: dict[str, WeightsSpec] = {
+    s.name: s
+    for s in (
+        WeightsSpec(
+            "yolo11n", "yolo11n.pt", f"{_ULTRALYTICS_RELEASE}/yolo11n.pt", None, "AGPL-3.0 (Ultralytics)",
+            ("paper",), note="people:yolo default detector (COCO; persons only are used)",
+        ),
+        WeightsSpec(
+            "yolov8n", "yolov8n.pt", f"{_ULTRALYTICS_RELEASE}/yolov8n.pt", None, "AGPL-3.0 (Ultralytics)",
+            (), note="alternative detector: any YOLOv8/YOLO11 detection checkpoint works with people:yolo",
+        ),
+        WeightsSpec(
+            "sam2.1_hiera_large", "sam2.1_hiera_large.pt", f"{_SAM2_RELEASE}/sam2.1_hiera_large.pt", None,
+            "Apache-2.0", ("paper",), note="masks:sam2 video predictor",
+        ),
+        WeightsSpec(
+            "sam2.1_hiera_tiny", "sam2.1_hiera_tiny.pt", f"{_SAM2_RELEASE}/sam2.1_hiera_tiny.pt", None,
+            "Apache-2.0", (), note="smaller SAM2.1 for quick runs",
+        ),
+        WeightsSpec(
+            "moge-2-vitl", "moge-2-vitl.pt", _hf("Ruicheng/moge-2-vitl", "model.pt"), None, "MIT",
+            ("paper",), note="depth:moge (MoGe-2 ViT-L; HF file model.pt)",
+        ),
+        WeightsSpec(
+            "camerahmr", "camerahmr_checkpoint_cleaned.ckpt", None, None,
+            "CameraHMR licence (non-commercial research)", ("paper", "train"),
+            registration="https://camerahmr.is.tue.mpg.de",
+            note="keypoints:camerahmr and human-branch init; download camerahmr_checkpoint_cleaned.ckpt after login",
+        ),
+        WeightsSpec(
+            "pi3", "pi3_model.safetensors", _hf("yyfz233/Pi3", "model.safetensors"), None, "BSD-3-Clause",
+            ("train",), note="scene-branch init (HF file model.safetensors)",
+        ),
+        WeightsSpec(
+            "unish_release", "unish_release.safetensors",
+            _hf("Murphyyyy/UniSH", "checkpoints/unish_release.safetensors"), None,
+            "Apache-2.0 (UniSH repository licence)", ("infer", "eval", "train"),
+            note="official UniSH weights",
+        ),
+        WeightsSpec(
+            "smpl_neutral", "SMPL_NEUTRAL.pkl", None, None, "SMPL Model Licence (non-commercial)",
+            ("paper", "train", "infer", "eval"), registration="https://smpl.is.tue.mpg.de",
+            note="SMPL 1.1.0 neutral model (basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl renamed); a pickle: "
+            "read it only with the project's restricted reader",
+        ),
+    )
+}
+
+
+class WeightsError(RuntimeError):
+    """A weights problem, with a message a person can act on."""
+
+
+class WeightsMissing(WeightsError, FileNotFoundError):
+    pass
+
+
+class WeightsOffline(WeightsError):
+    pass
+
+
+class WeightsChecksumMismatch(WeightsError):
+    pass
+
+
+def weights_dir() -> Path:
+    return Path(os.environ.get(WEIGHTS_ENV) or DEFAULT_WEIGHTS_DIR).expanduser()
+
+
+def spec(name: str) -> WeightsSpec:
+    if name not in REGISTRY:
+        raise KeyError(f"unknown weights {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+def weights_path(name: str) -> Path:
+    return weights_dir() / spec(name).filename
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def how_to_get(s: WeightsSpec, dest: Path) -> str:
+    if s.registration:
+        return f"register at {s.registration}, download {s.filename} and put it at {dest}"
+    return f"run `unish weights pull {s.name}` where the internet is reachable, or copy {s.url} to {dest}"
+
+
+@dataclass(frozen=True)
+class WeightsStatus:
+    name: str
+    path: Path
+    present: bool
+    sha256: str | None  # what the file hashes to (None when absent or not hashed)
+    sha_ok: bool | None  # None: absent, not hashed, or nothing pinned to compare against
+
+    @property
+    def ok(self) -> bool:
+        return self.present and self.sha_ok is not False
+
+
+def check(name: str, *, hash_file: bool = True) -> WeightsStatus:
+    s = spec(name)
+    path = weights_dir() / s.filename
+    if not path.is_file():
+        return WeightsStatus(name, path, False, None, None)
+    digest = sha256_file(path) if hash_file else None
+    sha_ok = None if (digest is None or s.sha256 is None) else digest == s.sha256
+    return WeightsStatus(name, path, True, digest, sha_ok)
+
+
+def require(name: str) -> Path:
+    """The path of a weights file that must be there; raise naming the file and how to get it."""
+    s = spec(name)
+    path = weights_dir() / s.filename
+    if not path.is_file():
+        raise WeightsMissing(f"weights {name!r} missing: {path} not found; {how_to_get(s, path)}")
+    return path
+
+
+Opener = Callable[..., object]
+
+
+def download(
+    url: str,
+    dest: Path,
+    *,
+    sha256: str | None = None,
+    timeout_s: float = 30.0,
+    opener: Opener = urllib.request.urlopen,
+) -> str:
+    """Stream `url` to `dest` through a temp file in the same folder; verify sha256; rename; return the hash.
+
+    Nothing is left at `dest` unless the whole file arrived and matched.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    host = urllib.parse.urlsplit(url).netloc or url
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    h = hashlib.sha256()
+    try:
+        try:
+            with os.fdopen(fd, "wb") as out, opener(url, timeout=timeout_s) as resp:  # type: ignore[attr-defined]
+                while chunk := resp.read(_CHUNK):
+                    h.update(chunk)
+                    out.write(chunk)
+        except urllib.error.HTTPError as e:
+            raise WeightsError(f"download of {url} failed: HTTP {e.code} {e.reason}") from e
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise WeightsOffline(
+                f"offline: cannot reach {host} ({reason}); fetch {url} where the internet is reachable and copy it to {dest}"
+            ) from e
+        digest = h.hexdigest()
+        if sha256 is not None and digest != sha256:
+            raise WeightsChecksumMismatch(f"{url}: sha256 {digest} does not match the pinned {sha256}; not kept")
+        os.replace(tmp, dest)
+        return digest
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def pull(name: str, *, force: bool = False, timeout_s: float = 30.0, opener: Opener = urllib.request.urlopen) -> Path:
+    s = spec(name)
+    dest = weights_dir() / s.filename
+    if not s.downloadable:
+        raise WeightsMissing(f"{name} cannot be downloaded automatically: {how_to_get(s, dest)}")
+    if dest.is_file() and not force:
+        st = check(name)
+        if st.sha_ok is False:
+            raise WeightsChecksumMismatch(f"{dest} exists but its sha256 {st.sha256} is not the pinned {s.sha256}; "
+                                          "pull again with --force")
+        return dest
+    assert s.url is not None
+    download(s.url, dest, sha256=s.sha256, timeout_s=timeout_s, opener=opener)
+    return dest
+
+
+def names_for(needed_by: str | None = None) -> list[str]:
+    return [n for n, s in REGISTRY.items() if needed_by is None or needed_by in s.needed_by]
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "unish"
+
+
+def prepare_ultralytics_env() -> None:
+    """Switch Ultralytics offline and to weights-only checkpoint loading; call before it is imported.
+
+    Ultralytics reads these switches once, at import: YOLO_OFFLINE stops every online check and
+    telemetry, YOLO_AUTOINSTALL=0 stops pip installs at run time, ULTRALYTICS_SAFE_LOAD=1 makes it load
+    `.pt` files with torch.load(weights_only=True) and an allow-list of its own classes, and
+    YOLO_CONFIG_DIR gives it a writable folder for its settings file.
+    """
+    os.environ["YOLO_OFFLINE"] = "1"
+    os.environ["YOLO_AUTOINSTALL"] = "0"
+    os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
+    if not os.environ.get("YOLO_CONFIG_DIR"):
+        cfg = _cache_root() / "ultralytics"
+        try:
+            cfg.mkdir(parents=True, exist_ok=True)
+            probe = cfg / ".write-test"
+            probe.touch()
+            probe.unlink()
+        except OSError:
+            cfg = Path(tempfile.gettempdir()) / "unish-ultralytics"
+            cfg.mkdir(parents=True, exist_ok=True)
+        os.environ["YOLO_CONFIG_DIR"] = str(cfg)
+
+
+def status_rows(names: Iterable[str], *, hash_file: bool = True) -> list[tuple[WeightsSpec, WeightsStatus]]:
+    return [(spec(n), check(n, hash_file=hash_file)) for n in names]
