@@ -23,6 +23,7 @@ from tasks.fetch import FetchError, Fetched, fetch_source
 from tasks.manifest import ManifestRow, read_manifest
 from tasks.probe import UnreadableVideo, VideoInfo
 from tasks.stage import LabelStage, build_stage
+from tasks.staging import read_json, write_json_atomic
 
 WORK_DIR = "_work"
 SHARD_DIR = "shards"
@@ -62,17 +63,18 @@ def segment_task(row: ManifestRow, fetched: Fetched, info: VideoInfo, workdir: s
     return pipeline.run_segment(row, fetched, info, Path(workdir), config.spine())
 
 
-@task(name="label", cache_policy=NO_CACHE)
-def label_task(stage_name: str, workdir: str, windows: list[dict]) -> dict[str, int]:
+@task(name="label", cache_policy=NO_CACHE, task_run_name="label-{stage_name}")
+def label_task(stage_name: str, workdir: str, windows: list[dict], fingerprint: str) -> dict[str, int]:
     stage, lock = get_stage(stage_name)
     with lock:
-        return pipeline.run_label_stage(stage, Path(workdir), windows)
+        return pipeline.run_label_stage(stage, Path(workdir), windows, fingerprint)
 
 
 @task(name="pack", cache_policy=NO_CACHE)
 def pack_task(row: ManifestRow, workdir: str, windows: list[dict], families: list[str], shard_dir: str,
-              config: CurateConfig) -> list[dict]:
-    return pipeline.run_pack(row, Path(workdir), windows, families, Path(shard_dir), config.spine().shard_limits)
+              config: CurateConfig, fingerprint: str) -> list[dict]:
+    return pipeline.run_pack(row, Path(workdir), windows, families, Path(shard_dir), config.spine().shard_limits,
+                             fingerprint)
 
 
 @task(name="video", cache_policy=NO_CACHE, task_run_name="video-{row.source_id}-{row.span_tag}")
@@ -81,12 +83,13 @@ def video_task(row: ManifestRow, out: str, config: CurateConfig, stage_names: li
     the error is recorded and the other videos go on."""
     out_dir = Path(out)
     workdir = pipeline.video_workdir(out_dir / WORK_DIR / "videos", row)
-    done = workdir / "rows.json"
-    if done.exists():  # finished in an earlier run
-        from tasks.staging import read_json
-
-        saved = read_json(workdir / "video.json")
-        return {"video": saved, "clips": read_json(done)}
+    stages = [get_stage(n)[0] for n in stage_names]
+    fingerprint = pipeline.chain_fingerprint(config.spine(), stages)
+    done = workdir / "video.json"
+    if done.exists():  # finished in an earlier run with the same parameters
+        saved = read_json(done)
+        if saved.get("fingerprint") == fingerprint:
+            return {"video": saved["video"], "clips": saved["clips"]}
     info: VideoInfo | None = None
     fetched: Fetched | None = None
     try:
@@ -94,10 +97,10 @@ def video_task(row: ManifestRow, out: str, config: CurateConfig, stage_names: li
         fetched = fetch(row, str(out_dir / WORK_DIR / "downloads"), config)
         info = probe_task(fetched, str(workdir))
         windows = segment_task(row, fetched, info, str(workdir), config)
-        for name in stage_names:
-            label_task(name, str(workdir), windows)
-        families = [get_stage(n)[0].name for n in stage_names]
-        clips = pack_task(row, str(workdir), windows, families, str(out_dir / SHARD_DIR), config)
+        for name, stage_fp in zip(stage_names, pipeline.stage_chain_fingerprints(stages)):
+            label_task(name, str(workdir), windows, stage_fp)
+        families = [stage.name for stage in stages]
+        clips = pack_task(row, str(workdir), windows, families, str(out_dir / SHARD_DIR), config, fingerprint)
     except (FetchError, UnreadableVideo, pipeline.SpanOutOfRange) as e:
         reason = getattr(e, "reason", "error")
         message = getattr(e, "message", str(e))
@@ -111,9 +114,7 @@ def video_task(row: ManifestRow, out: str, config: CurateConfig, stage_names: li
     else:
         message = f"no {config.window_seconds:g} s window fits the requested span"
         vrow = pipeline.video_row(row, STATUS_REJECTED, "too_short", message, info, fetched.path, clips)
-    from tasks.staging import write_json_atomic
-
-    write_json_atomic(workdir / "video.json", vrow)
+    write_json_atomic(done, {"fingerprint": fingerprint, "video": vrow, "clips": clips})
     return {"video": vrow, "clips": clips}
 
 

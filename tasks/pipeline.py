@@ -125,9 +125,20 @@ def stage_fingerprint(stage: LabelStage) -> str:
     return digest({"name": stage.name, "version": stage.version, "params": asdict(params) if params is not None and hasattr(params, "__dataclass_fields__") else repr(params)})
 
 
-def run_label_stage(stage: LabelStage, workdir: Path, windows: list[dict]) -> dict[str, int]:
-    """Run one labelling stage over the video's ok clips; returns counts (labelled, rejected, skipped)."""
-    fp = stage_fingerprint(stage)
+def stage_chain_fingerprints(stages: list[LabelStage]) -> list[str]:
+    """Each stage's fingerprint folded with those before it: a stage that reads upstream labels
+    (masks read people boxes) is redone when an upstream stage changes."""
+    out, acc = [], ""
+    for stage in stages:
+        acc = digest([acc, stage_fingerprint(stage)])
+        out.append(acc)
+    return out
+
+
+def run_label_stage(stage: LabelStage, workdir: Path, windows: list[dict], fp: str | None = None) -> dict[str, int]:
+    """Run one labelling stage over the video's ok clips; returns counts (labelled, rejected, skipped).
+    `fp` is the stage's chain fingerprint (see `stage_chain_fingerprints`); by default its own."""
+    fp = fp or stage_fingerprint(stage)
     counts = {"labelled": 0, "rejected": 0, "skipped": 0}
     for w in windows:
         clip_dir = workdir / "clips" / w["key"]
@@ -161,13 +172,21 @@ def run_label_stage(stage: LabelStage, workdir: Path, windows: list[dict]) -> di
 _PACK_DELAY_S = float(os.environ.get("UNISH_FAULT_PACK_DELAY_S", "0") or 0)
 
 
+def chain_fingerprint(params: SpineParams, stages: list[LabelStage]) -> str:
+    """What a video's finished result depends on: the spine's parameters and every stage's."""
+    return digest({"spine": params.fingerprint(), "stages": stage_chain_fingerprints(stages)})
+
+
 def run_pack(
-    row: ManifestRow, workdir: Path, windows: list[dict], families: list[str], shard_dir: Path, limits: ShardLimits
+    row: ManifestRow, workdir: Path, windows: list[dict], families: list[str], shard_dir: Path, limits: ShardLimits,
+    fingerprint: str = "",
 ) -> list[dict]:
     """Write the video's ok clips to shards and return its index rows (also saved as rows.json)."""
     marker = workdir / "rows.json"
     if marker.exists():
-        return staging.read_json(marker)
+        saved = staging.read_json(marker)
+        if saved.get("fingerprint") == fingerprint:
+            return saved["rows"]
     prefix = shard_prefix(row)
     shard_dir = Path(shard_dir)
     for stale in list(shard_dir.glob(f"{prefix}-*.tar")) + list(shard_dir.glob(f"{prefix}-*.tar{TMP_SUFFIX}")):
@@ -194,7 +213,7 @@ def run_pack(
                 if _PACK_DELAY_S:
                     time.sleep(_PACK_DELAY_S)
             rows.append(out)
-    staging.write_json_atomic(marker, rows)
+    staging.write_json_atomic(marker, {"fingerprint": fingerprint, "rows": rows})
     return rows
 
 

@@ -1,9 +1,10 @@
 """Profiles: which registered labelling stages run, in order, between decode and pack.
 
-- `paper`: the paper's labellers (GPU): YOLO + ByteTrack, later SAM2.1 masks, MoGe-2 depth, CameraHMR keypoints.
-- `lite`: offline CPU labellers whose weights ship inside packages: HOG people, later MediaPipe masks/keypoints.
+- `paper`: the paper's labellers (GPU): YOLO + ByteTrack, SAM2.1 masks, MoGe-2 depth, CameraHMR keypoints.
+- `lite`: offline CPU labellers whose weights ship inside packages: HOG people, MediaPipe masks and pose
+  keypoints; no depth model ships offline, so `depth:none` records depth as absent (with the reason).
 
-Only stages that exist are listed; later work appends masks, depth and keypoints here.
+Order matters: masks read the people stage's tracked boxes, keypoints read the boxes and depth's intrinsics.
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from typing import Any, Mapping
 from tasks.stage import LabelStage, build_stage
 
 PROFILES: dict[str, list[str]] = {
-    "paper": ["people:yolo"],
-    "lite": ["people:hog"],
+    "paper": ["people:yolo", "masks:sam2", "depth:moge", "keypoints:camerahmr"],
+    "lite": ["people:hog", "masks:mediapipe", "depth:none", "keypoints:mediapipe"],
 }
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from shards.sample import decode_jpeg, encode_jpeg, encode_json, label_members
+from shards.sample import decode_jpeg, decode_npy, encode_jpeg, encode_json, label_members
 from shards.schema import STATUS_OK
 from tasks.stage import ClipWindow
 
@@ -59,9 +59,28 @@ def frame_files(clip_dir: Path) -> list[Path]:
     return sorted(clip_dir.glob("frames.*.jpg"))
 
 
+def load_labels(clip_dir: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict]]:
+    """The label families already finished for this clip (those with a `.done` marker), decoded."""
+    labels: dict[str, dict[str, Any]] = {}
+    provenance: dict[str, dict] = {}
+    for marker in sorted(clip_dir.glob("*.done")):
+        family = marker.stem
+        provenance[family] = read_json(marker)
+        entries: dict[str, Any] = {}
+        for p in sorted(clip_dir.glob(f"{family}.*")):
+            _, entry, ext = p.name.split(".", 2) if p.name.count(".") == 2 else (None, None, None)
+            if ext == "npy":
+                entries[entry] = decode_npy(p.read_bytes())
+            elif ext == "json":
+                entries[entry] = json.loads(p.read_bytes())
+        labels[family] = entries
+    return labels, provenance
+
+
 def load_clip(clip_dir: Path) -> ClipWindow:
     meta = read_json(clip_dir / META_FILE)
     frames = np.stack([decode_jpeg(p.read_bytes()) for p in frame_files(clip_dir)])
+    labels, provenance = load_labels(clip_dir)
     return ClipWindow(
         key=meta["key"],
         source_id=meta["source_id"],
@@ -70,6 +89,8 @@ def load_clip(clip_dir: Path) -> ClipWindow:
         frames=frames,
         frame_times_s=np.asarray(meta["frame_times_s"]),
         meta=meta,
+        labels=labels,
+        provenance=provenance,
     )
 
 

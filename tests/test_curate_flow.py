@@ -190,3 +190,19 @@ def test_cli_inspect_reads_back(curated):
     bad = subprocess.run([sys.executable, "-m", "flows.cli", "inspect", str(out / "nope")], cwd=REPO,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "missing index.parquet" in " ".join(bad.stderr.split())
+
+
+def test_changed_parameters_redo_the_work(tmp_path, synthetic_videos, prefect_api):
+    shutil.copy(synthetic_videos["clean"], tmp_path / "clean.mp4")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("source,id\nclean.mp4,clean\n")
+    out = tmp_path / "out"
+    run_curate(manifest, out, CurateConfig(**FAST))
+    first = [r["key"] for r in read_index(out)[0].to_pylist()]
+    assert first == ["clean-000000000-000005000", "clean-000005000-000010000"]
+    run_curate(manifest, out, CurateConfig(**FAST, window_seconds=2.5, window_frames=15))
+    index, _ = read_index(out)
+    assert [r["end_s"] - r["start_s"] for r in index.to_pylist()] == [2.5] * 4
+    clips = list(iter_clips(shard_urls(out / "shards")))
+    assert sorted(c.key for c in clips) == sorted(r["key"] for r in index.to_pylist())
+    assert all(c.frames.shape[0] == 15 for c in clips)

@@ -382,7 +382,8 @@ def test_factories_split_detector_and_filter_params():
 def test_profiles_build_registered_stages_in_order():
     assert PROFILES["paper"][0] == "people:yolo" and PROFILES["lite"][0] == "people:hog"
     lite = stages_for_profile("lite")
-    assert [type(s.backend).__name__ for s in lite] == ["HogBackend"]
+    assert [s.name for s in lite] == ["people", "masks", "depth", "keypoints"]  # readers after what they read
+    assert type(lite[0].backend).__name__ == "HogBackend"
     paper = stages_for_profile("paper", {"people:yolo": {"weights": "yolo11n.yaml", "person_class": 0}})
     assert paper[0].backend.config.weights == "yolo11n.yaml" and paper[0].name == "people"
     with pytest.raises(KeyError):
