@@ -155,14 +155,25 @@ def curate_flow(manifest: str, out: str, config: CurateConfig = CurateConfig()) 
     clips: list[dict] = []
     if _progress_hook:
         _progress_hook({"event": "start", "videos": len(parsed.rows), "problems": len(parsed.problems)})
-    futures = [video_task.submit(r, out, config, stage_names) for r in parsed.rows]
-    for fut in as_completed(futures):
+    def collect(fut) -> None:
         result = fut.result()
         videos.append(result["video"])
         clips.extend(result["clips"])
         if _progress_hook:
             _progress_hook({"event": "video", **result["video"],
                             "ok_clips": sum(c["status"] == STATUS_OK for c in result["clips"])})
+
+    # At most `workers` videos in flight, whatever task runner the flow was started with (a deployment
+    # calls this flow directly): submit more only as earlier ones finish.
+    in_flight: list = []
+    for r in parsed.rows:
+        if len(in_flight) >= config.workers:
+            done = next(as_completed(in_flight))
+            in_flight.remove(done)
+            collect(done)
+        in_flight.append(video_task.submit(r, out, config, stage_names))
+    for fut in as_completed(in_flight):
+        collect(fut)
     write_index(out_dir, videos, clips)
     return {"videos": len(videos), "clips": len(clips), "ok": sum(c["status"] == STATUS_OK for c in clips)}
 

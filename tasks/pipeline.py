@@ -121,8 +121,13 @@ def run_segment(
 
 
 def stage_fingerprint(stage: LabelStage) -> str:
-    params = getattr(stage, "params", None)
-    return digest({"name": stage.name, "version": stage.version, "params": asdict(params) if params is not None and hasattr(params, "__dataclass_fields__") else repr(params)})
+    """What a stage's output depends on: name, version, parameters and weights (from its provenance)."""
+    params: Any = getattr(stage, "params", None)
+    if params is not None and hasattr(params, "__dataclass_fields__"):
+        params = asdict(params)
+    provenance = stage.provenance() if callable(getattr(stage, "provenance", None)) else {}
+    identity = {k: provenance.get(k) for k in ("backend", "weights_sha256", "params", "version")}
+    return digest({"name": stage.name, "version": stage.version, "params": params, "provenance": identity})
 
 
 def stage_chain_fingerprints(stages: list[LabelStage]) -> list[str]:

@@ -88,10 +88,11 @@ REGISTRY: dict[str, WeightsSpec] = {
             note="official UniSH weights",
         ),
         WeightsSpec(
-            "smpl_neutral", "SMPL_NEUTRAL.pkl", None, None, "SMPL Model Licence (non-commercial)",
+            "smpl_neutral", "SMPL_NEUTRAL.npz", None, None, "SMPL Model Licence (non-commercial)",
             ("paper", "train", "infer", "eval"), registration="https://smpl.is.tue.mpg.de",
-            note="SMPL 1.1.0 neutral model (basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl renamed); a pickle: "
-            "read it only with the project's restricted reader",
+            note="SMPL 1.1.0 neutral model as plain arrays: convert the official "
+            "basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl once with "
+            "`python -m unish_model.body SMPL_NEUTRAL.pkl SMPL_NEUTRAL.npz` (a restricted reader, no code runs)",
         ),
     )
 }

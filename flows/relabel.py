@@ -1,0 +1,315 @@
+"""The relabel flow: recompute one label family for the clips of an existing curated output.
+
+`unish relabel DIR --stage depth --backend moge` reads every main shard's stored frames (no fetching, no
+video decoding), runs the labelling stage `depth:moge` on each clip and writes the results as a new label
+version: sidecar shards under `DIR/labels/<family>/<version>/` (see shards/sidecar.py) and the
+`DIR/labels.parquet` table. The version id comes from backend + weights sha256 + parameters + stage
+version, so the same relabel twice finds its finished work and writes nothing new.
+
+Crash safety, as in curation: one Prefect task per main shard; its sidecar is written as `.tmp` and
+renamed when complete, after its status rows; a completed sidecar is never redone; labels.parquet is
+rebuilt from the finished sidecars at the end and written atomically.
+
+One relabel per output and family at a time (sidecar temp files have fixed names); the deployments in
+infra/prefect.yaml set a concurrency limit of 1.
+
+Fault injection for the crash-safety test: `UNISH_FAULT_RELABEL_DELAY_S` (seconds, default 0) sleeps after
+each clip written into a sidecar's temp file, so a SIGKILL reliably lands mid-shard.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import flows.prefect_env  # noqa: F401  (sets Prefect defaults before it is imported)
+import numpy as np
+import typer
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, Field
+from rich.console import Console
+from rich.table import Table
+
+from shards.index import INDEX_FILE
+from shards.sample import ClipSample
+from shards.schema import STATUS_ERROR, STATUS_OK, STATUS_REJECTED
+from shards.sidecar import (
+    MAIN_VERSION, SHARD_DIR, VERSION_FILE, SidecarWriter, check_family, iter_clips_with_labels,
+    list_label_versions, main_shards, read_rows, read_version_info, rows_path, sidecar_members, sidecar_path,
+    version_dir, version_id, write_json_atomic, write_labels_table,
+)
+from tasks.stage import ClipRejected, ClipWindow, LabelStage, build_stage, registered_stages
+
+FAULT_DELAY_ENV = "UNISH_FAULT_RELABEL_DELAY_S"
+
+
+class RelabelConfig(BaseModel):
+    stage: str = Field(..., description="label family to recompute: people, masks, depth, keypoints")
+    backend: str = Field(..., description="the family's backend (the stage registered as `<stage>:<backend>`)")
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the stage")
+    inputs: dict[str, str] = Field(default_factory=dict,
+                                   description="label versions the stage reads (family -> version; default main)")
+    workers: int = Field(2, ge=1, description="main shards relabelled at once")
+
+    @property
+    def stage_name(self) -> str:
+        return f"{self.stage}:{self.backend}"
+
+
+# -- the stage, built once per process -----------------------------------------------------------
+
+_STAGES: dict[str, tuple[LabelStage, threading.Lock]] = {}
+_STAGES_LOCK = threading.Lock()
+
+
+def _build(name: str, params: dict[str, Any]) -> LabelStage:
+    if name not in registered_stages():
+        # Stage modules live at tasks/<family>.py and register on import; the profile list may not name it.
+        try:
+            importlib.import_module(f"tasks.{name.split(':')[0]}")
+        except ImportError:
+            pass
+    return build_stage(name, **params)
+
+
+def get_stage(config: RelabelConfig) -> tuple[LabelStage, threading.Lock]:
+    """Build and set up the stage (fails fast on missing weights), shared by the flow's threads."""
+    cache_key = json.dumps([config.stage_name, config.params], sort_keys=True, default=str)
+    with _STAGES_LOCK:
+        if cache_key not in _STAGES:
+            stage = _build(config.stage_name, dict(config.params))
+            if stage.name != config.stage:
+                raise ValueError(f"stage {config.stage_name!r} writes the {stage.name!r} family, not {config.stage!r}")
+            stage.setup()
+            _STAGES[cache_key] = (stage, threading.Lock())
+        return _STAGES[cache_key]
+
+
+def _params_dict(stage: LabelStage) -> Any:
+    params = getattr(stage, "params", None)
+    if params is not None and is_dataclass(params) and not isinstance(params, type):
+        return asdict(params)
+    return params if isinstance(params, dict) else repr(params)
+
+
+def stage_identity(stage_name: str, stage: LabelStage) -> dict[str, Any]:
+    """What the version id hashes: backend, weights sha256, parameters, stage version (after setup()).
+    A stage reports weights and parameters through `provenance()` where it has one."""
+    provenance_fn = getattr(stage, "provenance", None)
+    prov = provenance_fn() if callable(provenance_fn) else {}
+    return {
+        "backend": stage_name,
+        "weights_sha256": prov.get("weights_sha256", getattr(stage, "weights_sha256", None)),
+        "params": prov.get("params", _params_dict(stage)),
+        "stage_version": str(stage.version),
+        "package_version": prov.get("package_version"),  # recorded, not hashed: a rebuild keeps its version
+    }
+
+
+def label_version(stage_name: str, stage: LabelStage, inputs: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    ident = stage_identity(stage_name, stage)
+    chosen_inputs = {f: v for f, v in inputs.items() if v != MAIN_VERSION}
+    vid = version_id(stage_name, ident["weights_sha256"], ident["params"], ident["stage_version"], chosen_inputs)
+    info = {"family": stage.name, "version": vid, "stage": stage_name, **ident, "inputs": chosen_inputs}
+    return vid, info
+
+
+# -- one main shard -> one sidecar shard ---------------------------------------------------------
+
+
+def clip_window(sample: ClipSample, family: str) -> ClipWindow:
+    """A stored clip as the stages see it, without the family being recomputed."""
+    meta = sample.meta
+    return ClipWindow(
+        key=sample.key, source_id=meta.get("source_id", ""), start_s=float(meta.get("start_s", 0.0)),
+        end_s=float(meta.get("end_s", 0.0)), frames=sample.frames,
+        frame_times_s=np.asarray(meta.get("frame_times_s", []), np.float64),
+        meta=meta, labels={f: e for f, e in sample.labels.items() if f != family},
+        provenance={f: p for f, p in meta.get("labels", {}).items() if f != family},
+    )
+
+
+def _row(key: str, family: str, version: str, shard: str, status: str, provenance: dict, reason: str = "",
+         message: str = "") -> dict:
+    return {"key": key, "family": family, "version": version, "shard": shard, "status": status, "reason": reason,
+            "message": message, "provenance": json.dumps(provenance, sort_keys=True, default=str)}
+
+
+def relabel_shard(out_dir: Path, shard: str, stage: LabelStage, lock: threading.Lock, version: str,
+                  info: dict[str, Any], inputs: dict[str, str]) -> dict[str, Any]:
+    """Write one main shard's sidecar (or find it done). Returns its counts; a clip's failure is a row."""
+    family = stage.name
+    final = sidecar_path(out_dir, family, version, shard)
+    rows_file = rows_path(out_dir, family, version, shard)
+    if final.exists():  # complete: never redone
+        rows = read_rows(rows_file)
+        return {"shard": shard, "written": False, **_counts(rows)}
+    delay = float(os.environ.get(FAULT_DELAY_ENV, "0") or 0)
+    base_provenance = {k: info[k] for k in ("backend", "weights_sha256", "params", "package_version")}
+    base_provenance.update(version=info["stage_version"], label_version=version)
+    writer = SidecarWriter(final)
+    rows: list[dict] = []
+    try:
+        main_url = str(Path(out_dir) / SHARD_DIR / shard)
+        for sample in iter_clips_with_labels(out_dir, inputs, urls=[main_url], missing="keep"):
+            clip = clip_window(sample, family)
+            try:
+                with lock:
+                    clip = stage(clip)
+                entries = clip.labels.get(family)
+                if not entries:
+                    raise RuntimeError(f"stage {info['stage']} returned no {family!r} labels")
+            except ClipRejected as r:
+                rows.append(_row(clip.key, family, version, shard, STATUS_REJECTED, base_provenance, r.rule, r.detail))
+                continue
+            except Exception as e:  # one clip's failure is recorded and the others go on
+                rows.append(_row(clip.key, family, version, shard, STATUS_ERROR, base_provenance,
+                                 type(e).__name__, str(e)))
+                continue
+            provenance = {**base_provenance, **clip.provenance.get(family, {}), "version": info["stage_version"],
+                          "label_version": version}
+            writer.write(sidecar_members(clip.key, family, entries, provenance))
+            rows.append(_row(clip.key, family, version, shard, STATUS_OK, provenance))
+            if delay:
+                time.sleep(delay)
+        write_json_atomic(rows_file, rows)  # rows before the rename: a complete sidecar always has them
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return {"shard": shard, "written": True, **_counts(rows)}
+
+
+def _counts(rows: list[dict]) -> dict[str, int]:
+    return {s: sum(r["status"] == s for r in rows) for s in (STATUS_OK, STATUS_REJECTED, STATUS_ERROR)}
+
+
+# -- Prefect -------------------------------------------------------------------------------------
+
+
+@task(name="relabel-shard", cache_policy=NO_CACHE, task_run_name="relabel-{shard}")
+def relabel_shard_task(out: str, shard: str, config: RelabelConfig, version: str, info: dict) -> dict:
+    stage, lock = get_stage(config)
+    return relabel_shard(Path(out), shard, stage, lock, version, info, dict(config.inputs))
+
+
+@task(name="labels-table", cache_policy=NO_CACHE)
+def labels_table_task(out: str) -> bool:
+    return write_labels_table(Path(out))
+
+
+def prepare_version(out_dir: Path, config: RelabelConfig) -> tuple[str, dict[str, Any]]:
+    """Check the folder and the inputs, build the stage, and create the version folder (idempotently)."""
+    if not (out_dir / INDEX_FILE).exists():
+        raise FileNotFoundError(f"{out_dir} is not a curated output: missing {INDEX_FILE}")
+    check_family(config.stage)
+    for family, ver in config.inputs.items():
+        if ver != MAIN_VERSION:
+            read_version_info(out_dir, family, ver)
+    stage, _ = get_stage(config)
+    version, info = label_version(config.stage_name, stage, dict(config.inputs))
+    vfile = version_dir(out_dir, stage.name, version) / VERSION_FILE
+    if not vfile.exists():
+        vfile.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(vfile, info)
+    return version, info
+
+
+@flow(name="relabel", log_prints=False, validate_parameters=True)
+def relabel_flow(out: str, config: RelabelConfig) -> dict:
+    out_dir = Path(out)
+    version, info = prepare_version(out_dir, config)
+    shards = main_shards(out_dir)
+    results: list[dict] = []
+    # At most `workers` shards in flight, whatever task runner a deployment gives the flow.
+    for i in range(0, len(shards), config.workers):
+        futures = [relabel_shard_task.submit(out, s, config, version, info) for s in shards[i:i + config.workers]]
+        results += [f.result() for f in futures]
+    table_written = labels_table_task(out)
+    return {
+        "family": config.stage, "version": version, "stage": config.stage_name, "shards": len(shards),
+        "shards_written": sum(r["written"] for r in results),
+        **{s: sum(r[s] for r in results) for s in (STATUS_OK, STATUS_REJECTED, STATUS_ERROR)},
+        "table_written": table_written,
+    }
+
+
+def run_relabel(out: str | Path, config: RelabelConfig) -> dict:
+    """Run the flow with `config.workers` shards at once (the task runner is a run-time choice)."""
+    configured = relabel_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=config.workers))
+    return configured(str(out), config)
+
+
+# -- command line --------------------------------------------------------------------------------
+
+
+def _parse_pairs(items: list[str], what: str, json_values: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{what} {item!r} is not NAME=VALUE")
+        if json_values:
+            try:
+                out[name] = json.loads(value)
+            except json.JSONDecodeError:
+                out[name] = value
+        else:
+            out[name] = value
+    return out
+
+
+def relabel(
+    out: Path = typer.Argument(..., help="a curated output folder (shards/, index.parquet)"),
+    stage: str = typer.Option(..., "--stage", help="label family to recompute: people, masks, depth, keypoints"),
+    backend: str = typer.Option(..., "--backend", help="the family's backend, e.g. moge, camerahmr, mediapipe"),
+    param: list[str] = typer.Option([], "--param", help="stage parameter NAME=VALUE (JSON value), repeatable"),
+    use: list[str] = typer.Option([], "--use", help="label version a stage reads, FAMILY=VERSION (default main)"),
+    workers: int = typer.Option(2, min=1, help="main shards relabelled at once"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+) -> None:
+    """Recompute one label family from the stored frames and write it as a new label version."""
+    console = Console(stderr=True)
+    config = RelabelConfig(stage=stage, backend=backend, params=_parse_pairs(param, "--param", True),
+                           inputs=_parse_pairs(use, "--use", False), workers=workers)
+    if not (out / INDEX_FILE).exists():
+        console.print(f"[red]{out} is not a curated output: missing {INDEX_FILE}[/red]")
+        raise typer.Exit(2)
+    summary = run_relabel(out, config)
+    if as_json:
+        typer.echo(json.dumps(summary, sort_keys=True))
+        return
+    table = Table(title=f"relabel {summary['stage']} -> {summary['family']}/{summary['version']}", header_style="bold")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row("main shards", str(summary["shards"]))
+    table.add_row("sidecars written now", str(summary["shards_written"]))
+    for s in (STATUS_OK, STATUS_REJECTED, STATUS_ERROR):
+        table.add_row(f"clips {s}", str(summary[s]))
+    table.add_row("labels.parquet", "rewritten" if summary["table_written"] else "unchanged")
+    Console().print(table)
+
+
+def label_versions(
+    out: Path = typer.Argument(..., help="a curated output folder"),
+    family: Optional[str] = typer.Option(None, help="only this label family"),
+) -> None:
+    """List the label versions of a curated output (for `iter_clips_with_labels(versions=...)`)."""
+    table = Table(title=f"label versions in {out}", header_style="bold")
+    for col in ("family", "version", "stage", "shards", "complete"):
+        table.add_column(col)
+    for v in list_label_versions(out, family):
+        table.add_row(v.family, v.version, str(v.info.get("stage", "")), f"{v.shards_done}/{v.shards_total}",
+                      "yes" if v.complete else "no")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    typer.run(relabel)
