@@ -20,6 +20,7 @@ def curate(
     out: Path = typer.Option(..., "--out", help="output folder (shards/, index.parquet, videos.parquet)"),
     profile: str = typer.Option("none", help="labelling profile: none, lite or paper"),
     stages: Optional[str] = typer.Option(None, help="comma-separated labelling stages (overrides --profile)"),
+    stage_param: list[str] = typer.Option([], "--stage-param", help="STAGE.KEY=VALUE (JSON value), repeatable"),
     workers: int = typer.Option(2, min=1, help="videos processed at once"),
     window_seconds: float = typer.Option(5.0, help="clip window length"),
     window_frames: int = typer.Option(30, help="frames per window"),
@@ -34,12 +35,18 @@ def curate(
 ) -> None:
     """Curate a manifest into WebDataset shards with a Parquet index."""
     from flows.curate import run_curate, set_progress_hook
-    from flows.params import CurateConfig
+    from flows.params import CurateConfig, parse_stage_params
     from flows.report import print_funnel
     from shards.index import compute_funnel, read_index
 
+    try:
+        params = parse_stage_params(stage_param)
+    except ValueError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
     config = CurateConfig(
         profile=profile, stages=stages.split(",") if stages else None, workers=workers,
+        stage_params=params,
         window_seconds=window_seconds, window_frames=window_frames, window_fps=window_fps, stride_s=stride,
         shard_max_mb=shard_max_mb, fetch_retries=fetch_retries, fetch_retry_delays_s=retry_delay,
         cookies=cookies, proxy=proxy, progress=progress,
@@ -47,6 +54,11 @@ def curate(
     if not manifest.exists():
         console.print(f"[red]manifest {manifest} does not exist[/red]")
         raise typer.Exit(2)
+    try:
+        config.stage_names()
+    except (ValueError, KeyError) as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
     if progress:
         _run_with_progress(manifest, out, config)
     else:

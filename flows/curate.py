@@ -5,6 +5,7 @@ rerun (after a crash or a SIGKILL) does no finished work again and ends with the
 """
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -34,13 +35,14 @@ _STAGES: dict[str, tuple[LabelStage, threading.Lock]] = {}
 _STAGES_LOCK = threading.Lock()
 
 
-def get_stage(name: str) -> tuple[LabelStage, threading.Lock]:
+def get_stage(name: str, params: dict | None = None) -> tuple[LabelStage, threading.Lock]:
+    key = f"{name}|{json.dumps(params or {}, sort_keys=True, default=str)}"
     with _STAGES_LOCK:
-        if name not in _STAGES:
-            stage = build_stage(name)
+        if key not in _STAGES:
+            stage = build_stage(name, **(params or {}))
             stage.setup()
-            _STAGES[name] = (stage, threading.Lock())
-        return _STAGES[name]
+            _STAGES[key] = (stage, threading.Lock())
+        return _STAGES[key]
 
 
 def _is_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -64,8 +66,9 @@ def segment_task(row: ManifestRow, fetched: Fetched, info: VideoInfo, workdir: s
 
 
 @task(name="label", cache_policy=NO_CACHE, task_run_name="label-{stage_name}")
-def label_task(stage_name: str, workdir: str, windows: list[dict], fingerprint: str) -> dict[str, int]:
-    stage, lock = get_stage(stage_name)
+def label_task(stage_name: str, workdir: str, windows: list[dict], fingerprint: str,
+               params: dict | None = None) -> dict[str, int]:
+    stage, lock = get_stage(stage_name, params)
     with lock:
         return pipeline.run_label_stage(stage, Path(workdir), windows, fingerprint)
 
@@ -83,7 +86,7 @@ def video_task(row: ManifestRow, out: str, config: CurateConfig, stage_names: li
     the error is recorded and the other videos go on."""
     out_dir = Path(out)
     workdir = pipeline.video_workdir(out_dir / WORK_DIR / "videos", row)
-    stages = [get_stage(n)[0] for n in stage_names]
+    stages = [get_stage(n, config.stage_params.get(n))[0] for n in stage_names]
     fingerprint = pipeline.chain_fingerprint(config.spine(), stages)
     done = workdir / "video.json"
     if done.exists():  # finished in an earlier run with the same parameters
@@ -98,7 +101,7 @@ def video_task(row: ManifestRow, out: str, config: CurateConfig, stage_names: li
         info = probe_task(fetched, str(workdir))
         windows = segment_task(row, fetched, info, str(workdir), config)
         for name, stage_fp in zip(stage_names, pipeline.stage_chain_fingerprints(stages)):
-            label_task(name, str(workdir), windows, stage_fp)
+            label_task(name, str(workdir), windows, stage_fp, config.stage_params.get(name))
         families = [stage.name for stage in stages]
         clips = pack_task(row, str(workdir), windows, families, str(out_dir / SHARD_DIR), config, fingerprint)
     except (FetchError, UnreadableVideo, pipeline.SpanOutOfRange) as e:
@@ -150,7 +153,7 @@ def curate_flow(manifest: str, out: str, config: CurateConfig = CurateConfig()) 
     parsed = read_manifest(manifest)
     stage_names = config.stage_names()
     for name in stage_names:  # fail fast (missing weights, unknown stage) before any video is touched
-        get_stage(name)
+        get_stage(name, config.stage_params.get(name))
     videos = manifest_problem_rows(parsed.problems)
     clips: list[dict] = []
     if _progress_hook:

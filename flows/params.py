@@ -1,6 +1,9 @@
 """Flow parameters (pydantic): what a user can set for a curation run, in one place."""
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 from shards.writer import ShardLimits
@@ -11,6 +14,8 @@ from tasks.shots import ShotParams, WindowParams
 class CurateConfig(BaseModel):
     profile: str = Field("none", description="labelling profile: none, lite or paper")
     stages: list[str] | None = Field(None, description="explicit labelling stage names (overrides the profile)")
+    stage_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="keyword arguments per stage name, e.g. {'people:hog': {...}}")
     workers: int = Field(2, ge=1, description="videos processed at once")
     window_seconds: float = Field(5.0, gt=0)
     window_frames: int = Field(30, ge=1)
@@ -38,6 +43,13 @@ class CurateConfig(BaseModel):
         )
 
     def stage_names(self) -> list[str]:
+        names = self._stage_names()
+        unknown = set(self.stage_params) - set(names)
+        if unknown:
+            raise ValueError(f"parameters given for stages that do not run: {', '.join(sorted(unknown))}")
+        return names
+
+    def _stage_names(self) -> list[str]:
         if self.stages is not None:
             return list(self.stages)
         if self.profile == "none":
@@ -47,3 +59,19 @@ class CurateConfig(BaseModel):
         if self.profile not in PROFILES:
             raise ValueError(f"unknown profile {self.profile!r}; known: none, {', '.join(sorted(PROFILES))}")
         return list(PROFILES[self.profile])
+
+
+def parse_stage_params(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`STAGE.KEY=VALUE` items (VALUE as JSON when it parses, else a string) -> {stage: {key: value}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        target, sep, raw = item.partition("=")
+        stage, dot, key = target.rpartition(".")
+        if not sep or not dot or not stage or not key:
+            raise ValueError(f"stage parameter {item!r} is not STAGE.KEY=VALUE (e.g. masks:sam2.box_margin=0.1)")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(stage, {})[key] = value
+    return out
