@@ -181,7 +181,7 @@ def test_camerahmr_fails_fast_without_weights(tmp_path, monkeypatch, camerahmr_f
     (tmp_path / "SMPL_NEUTRAL.pkl").write_bytes(b"not unpickled")
     with pytest.raises(WeightsMissing, match=r"SMPL_NEUTRAL\.npz"):
         stage.setup()
-    with pytest.raises(TypeError, match="unknown keypoints parameters: focal"):
+    with pytest.raises(TypeError, match="unknown keypoints:camerahmr parameters: focal"):
         camerahmr_keypoints_stage(focal=500)
 
 
