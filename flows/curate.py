@@ -100,7 +100,9 @@ def video_task(row: ManifestRow, out: str, config: CurateConfig, stage_names: li
         fetched = fetch(row, str(out_dir / WORK_DIR / "downloads"), config)
         info = probe_task(fetched, str(workdir))
         windows = segment_task(row, fetched, info, str(workdir), config)
-        for name, stage_fp in zip(stage_names, pipeline.stage_chain_fingerprints(stages)):
+        stage_fps = pipeline.stage_chain_fingerprints(stages)
+        pipeline.reopen_stale_clips(workdir, windows, {s.name: fp for s, fp in zip(stages, stage_fps)})
+        for name, stage_fp in zip(stage_names, stage_fps):
             label_task(name, str(workdir), windows, stage_fp, config.stage_params.get(name))
         families = [stage.name for stage in stages]
         clips = pack_task(row, str(workdir), windows, families, str(out_dir / SHARD_DIR), config, fingerprint)
@@ -117,7 +119,8 @@ def video_task(row: ManifestRow, out: str, config: CurateConfig, stage_names: li
     else:
         message = f"no {config.window_seconds:g} s window fits the requested span"
         vrow = pipeline.video_row(row, STATUS_REJECTED, "too_short", message, info, fetched.path, clips)
-    write_json_atomic(done, {"fingerprint": fingerprint, "video": vrow, "clips": clips})
+    if not any(c["status"] == STATUS_ERROR for c in clips):  # a clip error is retried by the next run
+        write_json_atomic(done, {"fingerprint": fingerprint, "video": vrow, "clips": clips})
     return {"video": vrow, "clips": clips}
 
 
@@ -152,6 +155,8 @@ def curate_flow(manifest: str, out: str, config: CurateConfig = CurateConfig()) 
     out_dir.mkdir(parents=True, exist_ok=True)
     parsed = read_manifest(manifest)
     stage_names = config.stage_names()
+    with _STAGES_LOCK:  # weights or inputs may have changed on disk since an earlier run in this process
+        _STAGES.clear()
     for name in stage_names:  # fail fast (missing weights, unknown stage) before any video is touched
         get_stage(name, config.stage_params.get(name))
     videos = manifest_problem_rows(parsed.problems)

@@ -140,11 +140,31 @@ def stage_chain_fingerprints(stages: list[LabelStage]) -> list[str]:
     return out
 
 
+def reopen_stale_clips(workdir: Path, windows: list[dict], stage_fps: dict[str, str]) -> int:
+    """Give clips another chance where the verdict on them is out of date: every clip error (it may
+    have been transient), and every rejection by a stage that has since changed or left the chain.
+    `stage_fps` maps each stage name of the current chain to its chain fingerprint."""
+    reopened = 0
+    for w in windows:
+        clip_dir = workdir / "clips" / w["key"]
+        if w["status"] != STATUS_OK or not clip_dir.exists():
+            continue
+        status = staging.clip_status(clip_dir)
+        by = status.get("stage")
+        if by is None or status["status"] == STATUS_OK:
+            continue
+        if status["status"] == STATUS_ERROR or stage_fps.get(by) != status.get("fingerprint"):
+            stats = {k: v for k, v in status.get("stats", {}).items() if k != by}
+            staging.set_clip_status(clip_dir, {"status": STATUS_OK, "reason": "", "message": "", "stats": stats})
+            reopened += 1
+    return reopened
+
+
 def run_label_stage(stage: LabelStage, workdir: Path, windows: list[dict], fp: str | None = None) -> dict[str, int]:
     """Run one labelling stage over the video's ok clips; returns counts (labelled, rejected, skipped).
     `fp` is the stage's chain fingerprint (see `stage_chain_fingerprints`); by default its own."""
     fp = fp or stage_fingerprint(stage)
-    counts = {"labelled": 0, "rejected": 0, "skipped": 0}
+    counts = {"labelled": 0, "rejected": 0, "errors": 0, "skipped": 0}
     for w in windows:
         clip_dir = workdir / "clips" / w["key"]
         if w["status"] != STATUS_OK or not clip_dir.exists():
@@ -162,8 +182,14 @@ def run_label_stage(stage: LabelStage, workdir: Path, windows: list[dict], fp: s
         except ClipRejected as r:
             stats = {**status.get("stats", {}), stage.name: r.stats}
             staging.set_clip_status(clip_dir, {"status": STATUS_REJECTED, "reason": r.rule, "message": r.detail,
-                                              "stats": stats, "stage": stage.name})
+                                              "stats": stats, "stage": stage.name, "fingerprint": fp})
             counts["rejected"] += 1
+            continue
+        except Exception as e:  # one clip's failure is recorded on that clip; the video's other clips go on
+            staging.set_clip_status(clip_dir, {"status": STATUS_ERROR, "reason": type(e).__name__,
+                                              "message": f"{stage.name}: {e}", "stats": status.get("stats", {}),
+                                              "stage": stage.name, "fingerprint": fp})
+            counts["errors"] += 1
             continue
         provenance = {**clip.provenance.get(stage.name, {}), "version": stage.version, "fingerprint": fp}
         staging.write_labels(clip_dir, stage.name, clip.labels.get(stage.name, {}), provenance)
@@ -218,7 +244,8 @@ def run_pack(
                 if _PACK_DELAY_S:
                     time.sleep(_PACK_DELAY_S)
             rows.append(out)
-    staging.write_json_atomic(marker, {"fingerprint": fingerprint, "rows": rows})
+    if not any(r["status"] == STATUS_ERROR for r in rows):  # errors are retried by the next run
+        staging.write_json_atomic(marker, {"fingerprint": fingerprint, "rows": rows})
     return rows
 
 
