@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from tasks.people_filters import FrameDetections, PeopleFilterParams, PeopleVerdict, box_iou, evaluate_people
-from tasks.stage import ClipRejected, ClipWindow, LabelStage, register_stage
+from tasks.stage import ClipRejected, ClipWindow, LabelStage, register_stage, split_params
 from tasks.weights import (
     REGISTRY,
     WeightsMissing,
@@ -742,35 +742,26 @@ class PeopleStage:
         return clip
 
 
-def _split_params(params: dict[str, Any], config_cls: type) -> tuple[Any, PeopleFilterParams]:
-    filter_names = {f.name for f in fields(PeopleFilterParams)}
-    config_names = {f.name for f in fields(config_cls)}
-    unknown = set(params) - filter_names - config_names
-    if unknown:
-        raise TypeError(f"unknown people-stage parameters: {', '.join(sorted(unknown))}")
-    config = config_cls(**{k: v for k, v in params.items() if k in config_names})
-    filters = PeopleFilterParams(**{k: v for k, v in params.items() if k in filter_names})
-    return config, filters
 
 
 @register_stage("people:yolo")
 def yolo_people_stage(**params: Any) -> LabelStage:
     """people with YOLO + ByteTrack; params are YoloConfig and PeopleFilterParams fields."""
-    config, filters = _split_params(params, YoloConfig)
+    config, filters = split_params("people:yolo", params, YoloConfig, PeopleFilterParams)
     return PeopleStage(YoloBackend(config), filters)
 
 
 @register_stage("people:hog")
 def hog_people_stage(**params: Any) -> LabelStage:
     """people with OpenCV HOG + an IoU tracker; params are HogConfig and PeopleFilterParams fields."""
-    config, filters = _split_params(params, HogConfig)
+    config, filters = split_params("people:hog", params, HogConfig, PeopleFilterParams)
     return PeopleStage(HogBackend(config), filters)
 
 
 @register_stage("people:external")
 def external_people_stage(**params: Any) -> LabelStage:
     """people from a detections file made elsewhere; params are ExternalConfig and PeopleFilterParams fields."""
-    config, filters = _split_params(params, ExternalConfig)
+    config, filters = split_params("people:external", params, ExternalConfig, PeopleFilterParams)
     return PeopleStage(ExternalBackend(config), filters)
 
 
