@@ -1,4 +1,14 @@
-"""`unish eval`: benchmark metrics from saved arrays.
+"""`unish eval`: run UniSH over the benchmarks (Bonn, EMDB-2, RICH), or score saved arrays.
+
+`unish eval bonn|emdb|rich --root DIR [--weights FILE | --tiny-random | --oracle] --out DIR` runs the model over
+the benchmark in windows of 30 frames (stitched into one world frame and metric scale; see
+`unish_model.evaluate` for every protocol choice), prints a table per sequence and the overall row, and writes
+`results.json` and `results.md` under `--out` (with `--save-predictions`, also `predictions/<sequence>.npz`: the
+arrays the metrics were computed from).  Weights default to the weights folder's `unish_release`; the motion
+benchmarks need SMPL (`--body-model`, default the weights folder's SMPL_NEUTRAL); RICH's ground truth also needs
+SMPL-X (`--smplx-dir`) and GVHMR's smplx2smpl map (`--smplx2smpl`).  `--tiny-random` (a tiny random model, and a
+synthetic SMPL when none is given) is for smoke tests; `--oracle` feeds the ground truth through the same path
+(zero error when prediction and ground truth share a body model: a plumbing check).
 
 `unish eval metrics --kind depth FILE.npz` reads `pred` (F, h, w) and `gt` (F, H, W) depth in
 metres, optional `align` (scale&shift | scale | median | metric; default scale&shift) and
@@ -9,20 +19,21 @@ valid pixel count and the alignment found.
 (joint 0 = root), optional `pred_verts` / `gt_verts` (F, 6890, 3) for foot sliding, `mask` (F,),
 `fps` (30) and `chunk` (100), and prints the sequence means of WA-MPJPE, W-MPJPE (mm), RTE (%),
 jitter (10 m/s^3) and foot sliding (mm).
-
-The commands that run the model on Bonn / EMDB / RICH come once the model is in place.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import tempfile
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Callable, Optional
 
 import numpy as np
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from unish_model.metrics.depth import ALIGN_MODES, DEFAULT_MAX_DEPTH, evaluate_sequence
 from unish_model.metrics.motion import CHUNK_FRAMES, aggregate_motion, global_motion_metrics
@@ -114,3 +125,342 @@ def metrics(
         except ValueError as err:  # bad shapes or values in the arrays
             raise typer.BadParameter(f"{file}: {err}") from err
     typer.echo(json.dumps(_clean(out), sort_keys=True))
+
+
+# ----------------------------------------------------------------------------------------------- benchmarks
+
+err_console = Console(stderr=True)
+
+
+def _say(text: str, style: str = "") -> None:
+    """One line on stderr, no markup in the text (paths stay whole)."""
+    err_console.print(text, style=style or None, markup=False, highlight=False, soft_wrap=True)
+
+
+class _Fail(Exception):
+    """A problem the user can fix (missing files, bad layout); the message says what and how."""
+
+
+RootOpt = Annotated[Path, typer.Option("--root", help="the benchmark's folder (its own layout)")]
+WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="UniSH weights (default: the weights "
+                                                    "folder's unish_release.safetensors)")]
+TinyOpt = Annotated[bool, typer.Option("--tiny-random", help="tiny random model: smoke tests only, meaningless numbers")]
+OracleOpt = Annotated[bool, typer.Option("--oracle", help="feed the ground truth instead of a model (plumbing check)")]
+MaxSeqOpt = Annotated[Optional[int], typer.Option("--max-sequences", min=1, help="only the first N sequences")]
+SeqOpt = Annotated[Optional[list[str]], typer.Option("--sequence", help="only these sequences (repeatable)")]
+WindowOpt = Annotated[int, typer.Option("--window", min=1, help="frames per model window")]
+StrideOpt = Annotated[int, typer.Option("--stride", min=1, help="frames between window starts")]
+LongSideOpt = Annotated[int, typer.Option("--long-side", help="model input long side (multiple of 14)")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda")]
+SolverOpt = Annotated[str, typer.Option("--solver", help="focal/shift solver: torch or scipy (official numbers)")]
+SaveOpt = Annotated[bool, typer.Option("--save-predictions", help="also write predictions/<sequence>.npz")]
+BodyOpt = Annotated[Optional[Path], typer.Option("--body-model", help="SMPL .npz in SMPL's layout (default: the "
+                                                 "weights folder's SMPL_NEUTRAL)")]
+
+
+def _out_option(benchmark: str) -> Any:
+    return typer.Option("--out", help="folder for results.json and results.md")
+
+
+def _window_config(window: int, stride: int, long_side: int) -> Any:
+    from unish_model.evaluate import WindowConfig
+
+    try:
+        return WindowConfig(window=window, stride=stride, long_side=long_side)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
+
+
+def _model_predictor(weights: Optional[Path], tiny_random: bool, device: str, solver: str) -> tuple[Any, str]:
+    """UniSH as a predictor, and a description of it for the results."""
+    from flows.infer_cmd import load_model
+    from tasks.weights import WeightsError, how_to_get, spec
+    from unish_model.evaluate import UniSHPredictor
+
+    if solver not in ("torch", "scipy"):
+        raise typer.BadParameter(f"--solver must be torch or scipy, got {solver!r}")
+    if weights is not None and not tiny_random and not weights.is_file():
+        s = spec("unish_release")
+        raise _Fail(f"weights file {weights} not found; {how_to_get(s, weights)}")
+    try:
+        model = load_model(weights, tiny_random, device)
+    except (WeightsError, FileNotFoundError) as err:
+        raise _Fail(str(err)) from None
+    if tiny_random:
+        _say("--tiny-random: a tiny model with random weights; the numbers are meaningless", "yellow")
+    desc = "tiny-random" if tiny_random else str(weights if weights is not None else "unish_release (weights folder)")
+    return UniSHPredictor(model, device=device, solver=solver), desc
+
+
+def _check_predictor_flags(oracle: bool, weights: Optional[Path], tiny_random: bool) -> None:
+    if oracle and (weights is not None or tiny_random):
+        raise typer.BadParameter("--oracle runs no model: drop --weights / --tiny-random")
+
+
+def _load_body(path: Optional[Path], tiny_random: bool, scratch: Path) -> Any:
+    from flows.infer_cmd import load_body_model
+
+    if path is not None and not path.is_file():
+        raise _Fail(f"body model {path} not found (an .npz in SMPL's layout; see unish_model.body)")
+    try:
+        body = load_body_model(path, tiny_random, scratch)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        raise _Fail(str(err)) from None
+    if body is None:
+        raise _Fail("the motion benchmarks need an SMPL body model: --body-model none is not possible here")
+    return body
+
+
+def _sink(out: Path, save: bool) -> Optional[Callable[[str, dict[str, np.ndarray]], None]]:
+    if not save:
+        return None
+    folder = out / "predictions"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def write(name: str, arrays: dict[str, np.ndarray]) -> None:
+        np.savez(folder / f"{name.replace('/', '@')}.npz", **arrays)
+
+    return write
+
+
+def _finish(result: Any, out: Path, title: str, predictor: str) -> None:
+    """Print the table, write results.json and results.md."""
+    from unish_model.evaluate import METRIC_LABELS
+
+    result.protocol = {"predictor": predictor, **result.protocol}
+    table = Table(title=title, header_style="bold")
+    table.add_column("sequence", no_wrap=True)
+    table.add_column("frames", justify="right")
+    for c in result.columns:
+        table.add_column(METRIC_LABELS.get(c, c), justify="right")
+    rows = result.table_rows()
+    for row in rows[:-1]:
+        table.add_row(*row)
+    table.add_section()
+    table.add_row(*rows[-1], style="bold")
+    Console(width=200).print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(_clean_all(result.to_dict()), indent=2, sort_keys=False) + "\n")
+    (out / "results.md").write_text(result.to_markdown(title))
+    _say(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+
+
+def _clean_all(value: Any) -> Any:
+    """JSON-safe, recursively (lists and numpy arrays too)."""
+    if isinstance(value, dict):
+        return {str(k): _clean_all(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean_all(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _clean_all(value.tolist())
+    if isinstance(value, Path):
+        return str(value)
+    return _clean(value)
+
+
+def _guard(run: Callable[[], None]) -> None:
+    """Run a benchmark; user-fixable problems end with their message and exit code 2."""
+    from unish_model.evaluate import BenchmarkLayoutError
+
+    try:
+        run()
+    except (_Fail, BenchmarkLayoutError) as err:
+        _say(str(err), "red")
+        raise typer.Exit(2) from None
+
+
+@eval_app.command("bonn")
+def bonn(
+    root: RootOpt,
+    weights: WeightsOpt = None,
+    tiny_random: TinyOpt = False,
+    oracle: OracleOpt = False,
+    out: Annotated[Path, _out_option("bonn")] = Path("eval_results/bonn"),
+    max_sequences: MaxSeqOpt = None,
+    sequence: SeqOpt = None,
+    window: WindowOpt = 30,
+    stride: StrideOpt = 25,
+    long_side: LongSideOpt = 518,
+    align: Annotated[str, typer.Option("--align", help="scale&shift (pi3's default) | scale | median | metric")]
+    = "scale&shift",
+    device: DeviceOpt = "cpu",
+    solver: SolverOpt = "torch",
+    save_predictions: SaveOpt = False,
+) -> None:
+    """Bonn RGB-D Dynamic video depth (Abs Rel, delta < 1.25), as pi3 / CUT3R / MonST3R."""
+    from unish_model.evaluate import GroundTruthPredictor, bonn_depth_of, bonn_sequences, evaluate_bonn
+
+    _check_predictor_flags(oracle, weights, tiny_random)
+    if align not in ALIGN_MODES:
+        raise typer.BadParameter(f"--align must be one of {ALIGN_MODES}")
+    config = _window_config(window, stride, long_side)
+
+    def run() -> None:
+        seqs = bonn_sequences(root, sequence, max_sequences)
+        if oracle:
+            predictor, desc = GroundTruthPredictor(depth_of=bonn_depth_of(seqs)), "oracle (ground-truth depth)"
+        else:
+            predictor, desc = _model_predictor(weights, tiny_random, device, solver)
+        result = evaluate_bonn(seqs, predictor, config, align=align, log=_say, sink=_sink(out, save_predictions))
+        _finish(result, out, "UniSH on Bonn (video depth)", desc)
+
+    _guard(run)
+
+
+def _gendered_smpl(body_model: Optional[Path], gt_body_dir: Optional[Path]) -> dict[str, Any]:
+    """SMPL_MALE.npz / SMPL_FEMALE.npz from --gt-body-dir, else next to --body-model, else the weights folder."""
+    from tasks.weights import weights_dir
+    from unish_model.body import BodyModel
+
+    folder = gt_body_dir or (body_model.parent if body_model is not None else weights_dir())
+    found = {}
+    for gender in ("male", "female", "neutral"):
+        path = folder / f"SMPL_{gender.upper()}.npz"
+        if path.is_file():
+            try:
+                found[gender] = (BodyModel.from_file(path), path.name)
+            except (KeyError, ValueError) as err:
+                raise _Fail(str(err)) from None
+    return found
+
+
+@eval_app.command("emdb")
+def emdb(
+    root: RootOpt,
+    weights: WeightsOpt = None,
+    tiny_random: TinyOpt = False,
+    oracle: OracleOpt = False,
+    body_model: BodyOpt = None,
+    gt_body_dir: Annotated[Optional[Path], typer.Option("--gt-body-dir", help="folder with SMPL_MALE.npz / "
+                           "SMPL_FEMALE.npz for the ground truth (default: next to --body-model)")] = None,
+    split: Annotated[int, typer.Option("--split", help="EMDB split (2: world motion)")] = 2,
+    out: Annotated[Path, _out_option("emdb")] = Path("eval_results/emdb"),
+    max_sequences: MaxSeqOpt = None,
+    sequence: SeqOpt = None,
+    window: WindowOpt = 30,
+    stride: StrideOpt = 25,
+    long_side: LongSideOpt = 518,
+    device: DeviceOpt = "cpu",
+    solver: SolverOpt = "torch",
+    save_predictions: SaveOpt = False,
+) -> None:
+    """EMDB-2 world motion (WA-MPJPE, W-MPJPE, RTE, jitter, foot sliding), as GVHMR / WHAM."""
+    from unish_model.evaluate import GroundTruthPredictor, emdb_gt_smpl, emdb_motion_sequence, emdb_sequences, \
+        evaluate_motion
+
+    _check_predictor_flags(oracle, weights, tiny_random)
+    if split not in (1, 2):
+        raise typer.BadParameter("--split must be 1 or 2")
+    config = _window_config(window, stride, long_side)
+
+    def run() -> None:
+        seqs = emdb_sequences(root, split, sequence, max_sequences)
+        with tempfile.TemporaryDirectory(prefix="unish-body-") as scratch:
+            body = _load_body(body_model, tiny_random, Path(scratch))
+        gendered = _gendered_smpl(body_model, gt_body_dir)
+        if oracle:
+            by_name = {s.name: s for s in seqs}
+            predictor = GroundTruthPredictor(smpl_of=lambda name: emdb_gt_smpl(by_name[name]))
+            desc = "oracle (ground-truth SMPL)"
+        else:
+            predictor, desc = _model_predictor(weights, tiny_random, device, solver)
+
+        def motion_sequences() -> Any:
+            for seq in seqs:
+                gt_body, name = gendered.get(seq.gender, (body, f"neutral (no SMPL_{seq.gender.upper()}.npz)"))
+                yield emdb_motion_sequence(seq, gt_body, body, name)
+
+        result = evaluate_motion("emdb", motion_sequences(), predictor, body, config, log=_say,
+                                 sink=_sink(out, save_predictions),
+                                 protocol={"split": f"EMDB-{split}", "mask": "good_frames_mask",
+                                           "gt": "SMPL of the annotated gender (neutral when not given)"})
+        _finish(result, out, f"UniSH on EMDB-{split} (world motion)", desc)
+
+    _guard(run)
+
+
+def _first_file(names: list[str], folders: list[Path]) -> Optional[Path]:
+    for folder in folders:
+        for name in names:
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+@eval_app.command("rich")
+def rich(
+    root: RootOpt,
+    weights: WeightsOpt = None,
+    tiny_random: TinyOpt = False,
+    oracle: OracleOpt = False,
+    body_model: BodyOpt = None,
+    smplx_dir: Annotated[Optional[Path], typer.Option("--smplx-dir", help="folder with SMPLX_MALE.npz, "
+                         "SMPLX_FEMALE.npz, SMPLX_NEUTRAL.npz (default: ROOT/body_models, then the weights "
+                         "folder)")] = None,
+    smplx2smpl: Annotated[Optional[Path], typer.Option("--smplx2smpl", help="GVHMR's smplx2smpl_sparse.pt "
+                          "(default: in the SMPL-X folder)")] = None,
+    out: Annotated[Path, _out_option("rich")] = Path("eval_results/rich"),
+    max_sequences: MaxSeqOpt = None,
+    sequence: SeqOpt = None,
+    window: WindowOpt = 30,
+    stride: StrideOpt = 25,
+    long_side: LongSideOpt = 518,
+    device: DeviceOpt = "cpu",
+    solver: SolverOpt = "torch",
+    save_predictions: SaveOpt = False,
+) -> None:
+    """RICH world motion (WA-MPJPE, W-MPJPE, RTE, jitter, foot sliding), as GVHMR / WHAM."""
+    from tasks.weights import weights_dir
+    from unish_model.evaluate import GroundTruthPredictor, SmplxModel, evaluate_motion, find_rich, \
+        load_rich_preproc, load_smplx2smpl, rich_gt_smpl, rich_motion_sequence, rich_sequences
+
+    _check_predictor_flags(oracle, weights, tiny_random)
+    config = _window_config(window, stride, long_side)
+
+    def run() -> None:
+        data = find_rich(root)
+        seqs = rich_sequences(data, sequence, max_sequences)
+        folders = [smplx_dir] if smplx_dir is not None else [root / "body_models", root / "body_models" / "smplx",
+                                                              weights_dir(), weights_dir() / "smplx"]
+        genders = sorted({s.gender for s in seqs})
+        smplx_files = {}
+        for g in genders:
+            path = _first_file([f"SMPLX_{g.upper()}.npz"], folders)
+            if path is None:
+                raise _Fail(f"RICH's ground truth needs SMPL-X: SMPLX_{g.upper()}.npz not found in "
+                            f"{', '.join(map(str, folders))}; register at https://smpl-x.is.tue.mpg.de, download "
+                            "the SMPL-X npz models and pass --smplx-dir")
+            smplx_files[g] = path
+        map_path = smplx2smpl or _first_file(["smplx2smpl_sparse.pt", "smplx2smpl.pt", "smplx2smpl.npz"],
+                                             [smplx_files[genders[0]].parent, *folders])
+        if map_path is None or not map_path.is_file():
+            raise _Fail(f"RICH's ground truth needs the SMPL-X -> SMPL vertex map: {map_path or 'smplx2smpl_sparse.pt'}"
+                        f" not found; take smplx2smpl_sparse.pt from GVHMR's body_models and pass --smplx2smpl")
+        try:
+            mapping = load_smplx2smpl(map_path)
+            smplx = {g: SmplxModel.from_file(p) for g, p in smplx_files.items()}
+            preproc = load_rich_preproc(data.preproc)
+        except (FileNotFoundError, KeyError, ValueError) as err:
+            raise _Fail(str(err)) from None
+        if data.preproc is None:
+            _say(f"no {data.labels.parent / 'rich_test_preproc.pt'}: the whole frame is the person box", "yellow")
+        with tempfile.TemporaryDirectory(prefix="unish-body-") as scratch:
+            body = _load_body(body_model, tiny_random, Path(scratch))
+        if oracle:
+            by_name = {s.vid: s for s in seqs}
+            predictor = GroundTruthPredictor(smpl_of=lambda name: rich_gt_smpl(by_name[name]))
+            desc = "oracle (ground-truth SMPL-X parameters read as SMPL)"
+        else:
+            predictor, desc = _model_predictor(weights, tiny_random, device, solver)
+
+        def motion_sequences() -> Any:
+            for seq in seqs:
+                yield rich_motion_sequence(data, seq, preproc, smplx[seq.gender], mapping, body)
+
+        result = evaluate_motion("rich", motion_sequences(), predictor, body, config, log=_say,
+                                 sink=_sink(out, save_predictions),
+                                 protocol={"gt": "gendered SMPL-X -> SMPL vertices (smplx2smpl) -> SMPL J_regressor",
+                                           "frames": "every labelled frame"})
+        _finish(result, out, "UniSH on RICH (world motion)", desc)
+
+    _guard(run)
