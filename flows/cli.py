@@ -136,11 +136,13 @@ def inspect(
 
 def _mount_subcommands() -> None:
     from flows.eval_cmd import eval_app
+    from flows.infer_cmd import infer
     from flows.relabel import label_versions, relabel
     from flows.weights_cmd import weights_app
 
     app.add_typer(eval_app, name="eval")
     app.add_typer(weights_app, name="weights")
+    app.command("infer")(infer)
     app.command("relabel")(relabel)
     app.command("labels")(label_versions)
 

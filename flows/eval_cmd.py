@@ -144,7 +144,8 @@ class _Fail(Exception):
 RootOpt = Annotated[Path, typer.Option("--root", help="the benchmark's folder (its own layout)")]
 WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="UniSH weights (default: the weights "
                                                     "folder's unish_release.safetensors)")]
-TinyOpt = Annotated[bool, typer.Option("--tiny-random", help="tiny random model: smoke tests only, meaningless numbers")]
+TinyOpt = Annotated[bool, typer.Option("--tiny-random", help="tiny random model (smoke tests only: meaningless "
+                                       "numbers)")]
 OracleOpt = Annotated[bool, typer.Option("--oracle", help="feed the ground truth instead of a model (plumbing check)")]
 MaxSeqOpt = Annotated[Optional[int], typer.Option("--max-sequences", min=1, help="only the first N sequences")]
 SeqOpt = Annotated[Optional[list[str]], typer.Option("--sequence", help="only these sequences (repeatable)")]
@@ -158,8 +159,8 @@ BodyOpt = Annotated[Optional[Path], typer.Option("--body-model", help="SMPL .npz
                                                  "weights folder's SMPL_NEUTRAL)")]
 
 
-def _out_option(benchmark: str) -> Any:
-    return typer.Option("--out", help="folder for results.json and results.md")
+def _out_option() -> Any:
+    return typer.Option("--out", help="folder for results.json and results.md (and predictions/)")
 
 
 def _window_config(window: int, stride: int, long_side: int) -> Any:
@@ -195,6 +196,8 @@ def _model_predictor(weights: Optional[Path], tiny_random: bool, device: str, so
 def _check_predictor_flags(oracle: bool, weights: Optional[Path], tiny_random: bool) -> None:
     if oracle and (weights is not None or tiny_random):
         raise typer.BadParameter("--oracle runs no model: drop --weights / --tiny-random")
+    if weights is not None and tiny_random:
+        raise typer.BadParameter("--tiny-random builds a random model: drop --weights")
 
 
 def _load_body(path: Optional[Path], tiny_random: bool, scratch: Path) -> Any:
@@ -275,7 +278,7 @@ def bonn(
     weights: WeightsOpt = None,
     tiny_random: TinyOpt = False,
     oracle: OracleOpt = False,
-    out: Annotated[Path, _out_option("bonn")] = Path("eval_results/bonn"),
+    out: Annotated[Path, _out_option()] = Path("eval_results/bonn"),
     max_sequences: MaxSeqOpt = None,
     sequence: SeqOpt = None,
     window: WindowOpt = 30,
@@ -334,7 +337,7 @@ def emdb(
     gt_body_dir: Annotated[Optional[Path], typer.Option("--gt-body-dir", help="folder with SMPL_MALE.npz / "
                            "SMPL_FEMALE.npz for the ground truth (default: next to --body-model)")] = None,
     split: Annotated[int, typer.Option("--split", help="EMDB split (2: world motion)")] = 2,
-    out: Annotated[Path, _out_option("emdb")] = Path("eval_results/emdb"),
+    out: Annotated[Path, _out_option()] = Path("eval_results/emdb"),
     max_sequences: MaxSeqOpt = None,
     sequence: SeqOpt = None,
     window: WindowOpt = 30,
@@ -399,7 +402,7 @@ def rich(
                          "folder)")] = None,
     smplx2smpl: Annotated[Optional[Path], typer.Option("--smplx2smpl", help="GVHMR's smplx2smpl_sparse.pt "
                           "(default: in the SMPL-X folder)")] = None,
-    out: Annotated[Path, _out_option("rich")] = Path("eval_results/rich"),
+    out: Annotated[Path, _out_option()] = Path("eval_results/rich"),
     max_sequences: MaxSeqOpt = None,
     sequence: SeqOpt = None,
     window: WindowOpt = 30,

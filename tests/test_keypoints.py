@@ -250,7 +250,7 @@ def test_mediapipe_stage_in_the_curation_pipeline(tmp_path, mediapipe_stage):
             "frame_times_s": [0.0, 0.4, 0.8, 1.2, 1.6], "width": 294, "height": 518}
     staging.stage_window(workdir / "clips" / key, frames, meta, {"status": "ok"}, 92)
     windows = [{"key": key, "status": "ok"}]
-    assert pipeline.run_label_stage(mediapipe_stage, workdir, windows) == {"labelled": 1, "rejected": 0, "skipped": 0}
+    assert pipeline.run_label_stage(mediapipe_stage, workdir, windows) == {"labelled": 1, "rejected": 0, "errors": 0, "skipped": 0}
     assert pipeline.run_label_stage(mediapipe_stage, workdir, windows)["skipped"] == 1
     members = staging.sample_members(workdir / "clips" / key, ["keypoints"])
     assert {"keypoints.joints2d.npy", "keypoints.confidence.npy", "keypoints.info.json"} <= set(members)
