@@ -460,7 +460,7 @@ def write_outputs(out: Path, spool: Any, metres: float, per_window: dict[str, An
 
     from unish_model.export import GlbFrame, NpzWriter, RrdWriter, VoxelFusion, subsample_mask, vertex_normals, \
         write_glb, write_ply
-    from unish_model.postprocess import axis_angle_to_matrix, matrix_to_axis_angle
+    from unish_model.geometry import axis_angle_to_matrix, matrix_to_axis_angle
     from unish_model.stitch import body_to_world
 
     n = spool.frames("images")

@@ -33,7 +33,7 @@ import webdataset as wds
 from shards.index import INDEX_FILE, write_table_atomic
 from shards.sample import ClipSample, decode_sample, encode_json, label_members
 from shards.schema import STATUS_OK, empty_row
-from shards.writer import TMP_SUFFIX
+from shards.writer import FIXED_MTIME, TMP_SUFFIX  # a sidecar's bytes depend on its samples alone
 
 LABELS_DIR = "labels"
 LABELS_FILE = "labels.parquet"
@@ -43,8 +43,6 @@ PROVENANCE_MEMBER = "provenance.json"  # one dot only: never parsed as a `<famil
 MAIN_VERSION = "main"  # the labels written by the curation itself, inside the main shards
 SHARD_DIR = "shards"
 
-# Same fixed member mtime as the main shards: a sidecar's bytes depend on its samples alone.
-_FIXED_MTIME = 0.0
 _VERSION_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _FAMILY_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -137,7 +135,7 @@ class SidecarWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(self.path.name + TMP_SUFFIX)
         self.tmp.unlink(missing_ok=True)  # a leftover of a killed run
-        self._tar: wds.TarWriter | None = wds.TarWriter(str(self.tmp), encoder=False, mtime=_FIXED_MTIME)
+        self._tar: wds.TarWriter | None = wds.TarWriter(str(self.tmp), encoder=False, mtime=FIXED_MTIME)
         self.keys: list[str] = []
 
     def write(self, members: Mapping[str, bytes | str]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import webdataset as wds
 
 # A fixed member mtime makes a shard's bytes a function of its samples alone (reruns write the same file).
-_FIXED_MTIME = 0.0
+FIXED_MTIME = 0.0
 TMP_SUFFIX = ".tmp"
 
 
@@ -44,7 +44,7 @@ class ShardWriter:
         self._name = f"{self.prefix}-{self._index:04d}.tar"
         self._index += 1
         tmp = self.folder / (self._name + TMP_SUFFIX)
-        self._tar = wds.TarWriter(str(tmp), encoder=False, mtime=_FIXED_MTIME)
+        self._tar = wds.TarWriter(str(tmp), encoder=False, mtime=FIXED_MTIME)
         self._bytes = 0
         self._count = 0
 

@@ -8,9 +8,8 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from unish_model.body import (
-    NUM_JOINTS, SMPL_PARENTS, BodyModel, axis_angle_to_rotmat, synthetic_body_arrays, write_synthetic_body_model,
-)
+from unish_model.body import NUM_JOINTS, SMPL_PARENTS, BodyModel, synthetic_body_arrays, write_synthetic_body_model
+from unish_model.geometry import axis_angle_to_matrix
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +95,7 @@ def test_matches_slow_reference(small_model: BodyModel, small_model_file: Path) 
     np.testing.assert_allclose(out.vertices.numpy(), ref_v, atol=1e-9)
     np.testing.assert_allclose(out.joints.numpy(), ref_j, atol=1e-9)
     # rotation matrices and axis-angle give the same body
-    rm = axis_angle_to_rotmat(t(pose).reshape(24, 3))
+    rm = axis_angle_to_matrix(t(pose).reshape(24, 3))
     out2 = small_model(rm[0], rm[1:], t(betas), t(transl))
     np.testing.assert_allclose(out2.vertices.numpy(), ref_v, atol=1e-9)
 
@@ -107,7 +106,7 @@ def test_root_rotation_is_rigid(small_model: BodyModel) -> None:
     betas = torch.randn(10, generator=g, dtype=torch.float64)
     base = small_model(torch.zeros(3, dtype=torch.float64), body, betas)
     root = torch.tensor([0.3, -1.2, 0.5], dtype=torch.float64)
-    r = axis_angle_to_rotmat(root)
+    r = axis_angle_to_matrix(root)
     turned = small_model(root, body, betas)
     pivot = base.rest_joints[0]  # SMPL rotates about the rest pelvis
     expected = (base.vertices - pivot) @ r.T + pivot
@@ -234,5 +233,5 @@ def test_three_frames_of_axis_angle_are_not_read_as_one_matrix(tmp_path):
     batched = model(aa, body).vertices
     one_by_one = torch.stack([model(aa[i], body[i]).vertices for i in range(3)])
     torch.testing.assert_close(batched, one_by_one)
-    as_matrices = model(axis_angle_to_rotmat(aa), body).vertices
+    as_matrices = model(axis_angle_to_matrix(aa), body).vertices
     torch.testing.assert_close(batched, as_matrices)

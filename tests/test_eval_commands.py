@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 
 from flows.eval_cmd import eval_app
 from unish_model.benchmarks import read_emdb_pickle
-from unish_model.body import BodyModel, axis_angle_to_rotmat, synthetic_body_arrays
+from unish_model.body import BodyModel, synthetic_body_arrays
+from unish_model.geometry import axis_angle_to_matrix
 from unish_model.evaluate import (
     GroundTruthPredictor, SmplParams, SmplxModel, Window, WindowConfig, WindowPrediction, bonn_depth_of,
     bonn_sequences, emdb_gt_smpl, emdb_motion_sequence, emdb_sequences, evaluate_bonn, evaluate_motion,
@@ -33,7 +34,7 @@ from unish_model.evaluate import (
 from unish_model.metrics import aggregate_depth, aggregate_motion, evaluate_sequence, foot_sliding, \
     global_motion_metrics
 from unish_model.metrics.motion import SMPL_FOOT_VERTICES
-from unish_model.postprocess import matrix_to_axis_angle
+from unish_model.geometry import matrix_to_axis_angle
 
 runner = CliRunner()
 EMDB_FRAMES = 55  # two windows of 30 (0-29, 25-54)
@@ -193,7 +194,7 @@ def test_smplx_model_equals_smpl_at_rest_hands(body: BodyModel, tmp_path: Path) 
         rng.normal(size=(3, 3))
     vx = smplx.vertices(go, bp, betas, tr).numpy()
     p = SmplParams.make(go, bp, betas, tr)
-    vs = body(axis_angle_to_rotmat(torch.from_numpy(p.global_orient)), torch.from_numpy(p.body_pose).reshape(3, 23, 3),
+    vs = body(axis_angle_to_matrix(torch.from_numpy(p.global_orient)), torch.from_numpy(p.body_pose).reshape(3, 23, 3),
               torch.from_numpy(p.betas), torch.from_numpy(p.transl)).vertices.numpy()
     np.testing.assert_allclose(vx, vs, atol=2e-5)
 
@@ -282,7 +283,7 @@ def _gt_joints(body: BodyModel, params: SmplParams) -> tuple[np.ndarray, np.ndar
     """GT joints and foot vertices written out here: J_regressor on the posed vertices."""
     go, bp, betas, transl = (torch.from_numpy(a).float() for a in (params.global_orient, params.body_pose,
                                                                     params.betas, params.transl))
-    out = body(axis_angle_to_rotmat(go), bp.reshape(-1, 23, 3), betas, transl)  # (3, 3) would read as a matrix
+    out = body(axis_angle_to_matrix(go), bp.reshape(-1, 23, 3), betas, transl)  # (3, 3) would read as a matrix
     verts = out.vertices.double()
     return body.regress_joints(verts).numpy(), verts[:, list(SMPL_FOOT_VERTICES)].numpy()
 
@@ -352,7 +353,7 @@ class _MovingCamera:
         points = world.world_points @ to_window[:3, :3].T + to_window[:3, 3]
         w2c = np.linalg.inv(cams)
         pose = world.pose_cam.copy()
-        root = w2c[:, :3, :3] @ axis_angle_to_rotmat(torch.from_numpy(pose[:, :3])).numpy()
+        root = w2c[:, :3, :3] @ axis_angle_to_matrix(torch.from_numpy(pose[:, :3])).numpy()
         pose[:, :3] = matrix_to_axis_angle(torch.from_numpy(root)).numpy()
         j0 = self.body.rest_joints(torch.from_numpy(world.betas).float())[:, 0].double().numpy()
         pelvis_cam = np.einsum("fij,fj->fi", w2c[:, :3, :3], world.trans_cam + j0) + w2c[:, :3, 3]

@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 from unish_model import goldens
 from unish_model.golden_calls import unish_pipeline as runner
 from unish_model.pipeline import UniSH, UniSHConfig, person_inputs
-from unish_model.postprocess import axis_angle_to_matrix, matrix_to_axis_angle, torch_focal_shift
+from unish_model.geometry import axis_angle_to_matrix, matrix_to_axis_angle
+from unish_model.postprocess import torch_focal_shift
 
 GOLDEN = Path(__file__).parent / "data" / "goldens" / "unish_pipeline"
 TOL = 1e-5
@@ -112,7 +113,7 @@ def test_inference_with_the_goldens_focal_shift_matches_everything(golden):
 def test_torch_solver_lands_near_the_official_solver(golden):
     """solver='torch' solves to the optimum; scipy's LM (ftol 1e-3) stops early. Measured on this golden:
     focal within 8.2e-3 relative, shift within 6.1e-3 of the official values."""
-    io, inf = golden["io"], golden["inf"]
+    inf = golden["inf"]
     model = runner.build_model(golden["config"], golden["weights"])
     calls: list[tuple[torch.Tensor, torch.Tensor]] = []
 

@@ -186,12 +186,13 @@ def test_windows_without_overlap_chain_on_cameras() -> None:
 
 
 def test_body_to_world_matches_moved_vertices(tmp_path) -> None:
-    from unish_model.body import BodyModel, axis_angle_to_rotmat, write_synthetic_body_model
+    from unish_model.body import BodyModel, write_synthetic_body_model
+    from unish_model.geometry import axis_angle_to_matrix
 
     model = BodyModel.from_file(write_synthetic_body_model(tmp_path / "b.npz", ring_size=6, rings=60),
                                 dtype=torch.float64)
     g = torch.Generator().manual_seed(0)
-    orient_cam = axis_angle_to_rotmat(torch.randn(3, generator=g, dtype=torch.float64))
+    orient_cam = axis_angle_to_matrix(torch.randn(3, generator=g, dtype=torch.float64))
     body = torch.randn(69, generator=g, dtype=torch.float64) * 0.2
     betas = torch.randn(10, generator=g, dtype=torch.float64)
     transl_cam = torch.tensor([0.2, -0.1, 4.0], dtype=torch.float64)

@@ -34,8 +34,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .geometry import axis_angle_to_matrix
+
 __all__ = [
-    "NUM_JOINTS", "SMPL_PARENTS", "SMPL_JOINT_NAMES", "BodyModel", "BodyOutput", "axis_angle_to_rotmat",
+    "NUM_JOINTS", "SMPL_PARENTS", "SMPL_JOINT_NAMES", "BodyModel", "BodyOutput",
     "write_synthetic_body_model", "synthetic_body_arrays", "REQUIRED_KEYS", "smpl_arrays_from_pickle",
     "convert_smpl_pickle",
 ]
@@ -54,18 +56,6 @@ _ALIASES = {"f": ("f", "faces"), "kintree_table": ("kintree_table", "kintree")}
 # ----------------------------------------------------------------------------------------------- rotations
 
 
-def axis_angle_to_rotmat(aa: Tensor) -> Tensor:
-    """Rodrigues: (..., 3) axis * angle -> (..., 3, 3); exact at zero (Taylor terms for tiny angles)."""
-    theta2 = (aa * aa).sum(-1, keepdim=True)[..., None]  # (..., 1, 1)
-    theta = theta2.clamp_min(1e-12).sqrt()
-    small = theta2 < 1e-8
-    a = torch.where(small, 1 - theta2 / 6, torch.sin(theta) / theta)
-    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / theta2.clamp_min(1e-12))
-    x, y, z = aa.unbind(-1)
-    zero = torch.zeros_like(x)
-    k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(*aa.shape[:-1], 3, 3)
-    eye = torch.eye(3, dtype=aa.dtype, device=aa.device).expand_as(k)
-    return eye + a * k + b * (k @ k)
 
 
 def _as_rotmats(x: Tensor, joints: int, name: str) -> Tensor:
@@ -75,14 +65,14 @@ def _as_rotmats(x: Tensor, joints: int, name: str) -> Tensor:
         if x.shape[-2:] == (3, 3):
             return x[..., None, :, :]
         if x.shape[-1] == 3:
-            return axis_angle_to_rotmat(x)[..., None, :, :]
+            return axis_angle_to_matrix(x)[..., None, :, :]
     else:
         if x.ndim >= 3 and x.shape[-3:] == (joints, 3, 3):
             return x
         if x.ndim >= 2 and x.shape[-2:] == (joints, 3):
-            return axis_angle_to_rotmat(x)
+            return axis_angle_to_matrix(x)
         if x.shape[-1] == 3 * joints:
-            return axis_angle_to_rotmat(x.reshape(*x.shape[:-1], joints, 3))
+            return axis_angle_to_matrix(x.reshape(*x.shape[:-1], joints, 3))
     want = "(..., 3, 3) or (..., 3)" if joints == 1 else \
         f"(..., {joints}, 3, 3), (..., {joints}, 3) or (..., {3 * joints})"
     raise ValueError(f"{name} must be {want}, got {tuple(x.shape)}")
@@ -180,7 +170,7 @@ class BodyModel(nn.Module):
         lead_body = tuple(body.shape[:-3])
         # (3, 3) is both one rotation matrix and three axis-angle vectors: body_pose's batch shape decides.
         if tuple(global_orient.shape) == (*lead_body, 3) and lead_body:
-            root = axis_angle_to_rotmat(global_orient)[..., None, :, :]
+            root = axis_angle_to_matrix(global_orient)[..., None, :, :]
         else:
             root = _as_rotmats(global_orient, 1, "global_orient")
         lead = torch.broadcast_shapes(root.shape[:-3], body.shape[:-3])

@@ -49,10 +49,11 @@ from numpy.typing import NDArray
 from unish_model.benchmarks.bonn import BONN_SEQUENCES, BonnSequence, read_bonn_sequence
 from unish_model.benchmarks.emdb import EMDB_FPS, EmdbSequence, list_emdb
 from unish_model.benchmarks.rich import RICH_FPS, RichSequence, read_rich_labels
-from unish_model.body import BodyModel, axis_angle_to_rotmat
+from unish_model.body import BodyModel
+from unish_model.geometry import axis_angle_to_matrix
 from unish_model.metrics.depth import DepthResult, aggregate_depth, evaluate_sequence
 from unish_model.metrics.motion import SMPL_FOOT_VERTICES, aggregate_motion, foot_sliding, global_motion_metrics
-from unish_model.postprocess import matrix_to_axis_angle
+from unish_model.geometry import matrix_to_axis_angle
 from unish_model.stitch import Stitcher, WindowGeometry, body_to_world, transform_poses
 
 __all__ = [
@@ -660,7 +661,7 @@ def world_smpl(stitched: StitchedSequence, body: BodyModel) -> SmplParams:
     the pelvis does (SMPL rotates about the shape's rest pelvis)."""
     assert stitched.pose_cam is not None and stitched.betas is not None and stitched.trans_cam is not None
     pose = torch.from_numpy(stitched.pose_cam).reshape(-1, 24, 3)
-    root_cam = axis_angle_to_rotmat(pose[:, 0]).numpy()
+    root_cam = axis_angle_to_matrix(pose[:, 0]).numpy()
     betas = stitched.betas
     pelvis = body.rest_joints(torch.from_numpy(betas).to(body.v_template.dtype))[:, 0].double().numpy()
     root_world, transl = body_to_world(stitched.c2w, root_cam, stitched.trans_cam, pelvis)
@@ -683,7 +684,7 @@ def smpl_joints(body: BodyModel, params: SmplParams, regressor: torch.Tensor | N
                                  (params.global_orient, params.body_pose, params.betas, params.transl))
         # matrices and (n, 23, 3): BodyModel reads a (3, 3) global_orient as one matrix, so 3 frames of
         # axis-angle would be misread
-        out = body(axis_angle_to_rotmat(go), bp.reshape(-1, 23, 3), betas, transl)
+        out = body(axis_angle_to_matrix(go), bp.reshape(-1, 23, 3), betas, transl)
         verts = out.vertices.double()
         joints.append(torch.einsum("jv,fvc->fjc", reg.double(), verts).numpy())
         if with_feet:
@@ -845,7 +846,7 @@ class SmplxModel:
         b = b.expand(n, b.shape[-1]) if b.ndim == 1 else b.reshape(n, -1)
         full = torch.cat([go[:, None], body, torch.zeros(n, 3, 3, dtype=torch.float64),
                           self.hands_mean.expand(n, 30, 3)], dim=1)
-        rot = axis_angle_to_rotmat(full)  # (n, 55, 3, 3)
+        rot = axis_angle_to_matrix(full)  # (n, 55, 3, 3)
         shaped = self.v_template + torch.einsum("nb,vcb->nvc", b, self.shapedirs[..., :b.shape[-1]])
         rest = torch.einsum("jv,nvc->njc", self.j_regressor, shaped)
         eye = torch.eye(3, dtype=torch.float64)

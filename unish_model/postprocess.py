@@ -29,13 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .geometry import focal_to_intrinsics, normalized_view_plane_uv, recover_focal_shift, se3_inverse, transform_points
+from .geometry import (axis_angle_to_matrix, focal_to_intrinsics, matrix_to_axis_angle, normalized_view_plane_uv,
+                       recover_focal_shift, se3_inverse, transform_points)
 
 __all__ = [
     "UniSHOutput", "UniSHInference", "FocalShiftSolver", "SolverName", "get_solver", "torch_focal_shift",
     "scipy_focal_shift", "confidence_mask", "keep_in_front", "normalization_factor", "metric_scale",
-    "intrinsics_from_focal", "bbox_condition_from_pixels", "depth_to_point_map", "matrix_to_axis_angle",
-    "axis_angle_to_matrix", "root_to_world", "translation_to_world", "finalize",
+    "intrinsics_from_focal", "bbox_condition_from_pixels", "depth_to_point_map",
+    "root_to_world", "translation_to_world", "finalize",
 ]
 
 # (points (..., H, W, 3), mask (..., H, W) bool) -> (focal, shift), each (...)
@@ -224,52 +225,6 @@ def depth_to_point_map(depth: Tensor, intrinsics_normalized: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ rotations
-
-
-def _matrix_to_quaternion(rotation: Tensor) -> Tensor:
-    """(..., 3, 3) -> (..., 4) unit quaternion (w, x, y, z) with w >= 0 (Shepperd: divide by the largest term)."""
-    m = rotation
-    m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
-    four_sq = torch.stack((1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22), -1)
-    root = four_sq.clamp_min(0).sqrt()  # 2|w|, 2|x|, 2|y|, 2|z|
-    d21, d02, d10 = m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]
-    s10, s02, s21 = m[..., 1, 0] + m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 2, 1] + m[..., 1, 2]
-    candidates = torch.stack((
-        torch.stack((four_sq[..., 0], d21, d02, d10), -1),
-        torch.stack((d21, four_sq[..., 1], s10, s02), -1),
-        torch.stack((d02, s10, four_sq[..., 2], s21), -1),
-        torch.stack((d10, s02, s21, four_sq[..., 3]), -1),
-    ), dim=-2) / (2 * root.clamp_min(0.1))[..., None]
-    best = root.argmax(dim=-1)
-    quat = torch.gather(candidates, -2, best[..., None, None].expand(*best.shape, 1, 4))[..., 0, :]
-    quat = F.normalize(quat, dim=-1)
-    return torch.where(quat[..., :1] < 0, -quat, quat)
-
-
-def matrix_to_axis_angle(rotation: Tensor) -> Tensor:
-    """(..., 3, 3) rotation matrices -> (..., 3) axis * angle, angle in [0, pi]."""
-    quat = _matrix_to_quaternion(rotation)
-    vec = quat[..., 1:]
-    sin_half = vec.norm(dim=-1, keepdim=True)
-    angle = 2 * torch.atan2(sin_half, quat[..., :1])
-    # angle / sin(angle / 2), with its small-angle limit 2 / cos(angle / 2)
-    small = sin_half < 1e-6
-    factor = torch.where(small, 2 / quat[..., :1].clamp_min(1e-12), angle / sin_half.clamp_min(1e-12))
-    return vec * factor
-
-
-def axis_angle_to_matrix(axis_angle: Tensor) -> Tensor:
-    """(..., 3) -> (..., 3, 3) (Rodrigues, with Taylor terms near zero)."""
-    theta2 = (axis_angle * axis_angle).sum(-1)[..., None, None]
-    theta = theta2.clamp_min(1e-24).sqrt()
-    small = theta2 < 1e-8
-    a = torch.where(small, 1 - theta2 / 6, torch.sin(theta) / theta)
-    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / theta2.clamp_min(1e-24))
-    x, y, z = axis_angle.unbind(-1)
-    zero = torch.zeros_like(x)
-    k = torch.stack((zero, -z, y, z, zero, -x, -y, x, zero), -1).reshape(*axis_angle.shape[:-1], 3, 3)
-    eye = torch.eye(3, dtype=axis_angle.dtype, device=axis_angle.device).expand_as(k)
-    return eye + a * k + b * (k @ k)
 
 
 def root_to_world(pose_cam: Tensor, c2w: Tensor) -> Tensor:
