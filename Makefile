@@ -25,6 +25,12 @@ test: install
 demo: install
 	$(VENV)/bin/unish curate examples/manifest.csv --out runs/demo --workers 2
 	$(VENV)/bin/unish inspect runs/demo
+	# the lite labellers on one person, with the person boxes given as detections (see examples/README.md)
+	$(VENV)/bin/unish curate examples/labels_manifest.csv --out runs/demo_labels \
+	    --stages people:external,masks:mediapipe,depth:none,keypoints:mediapipe \
+	    --stage-param people:external.detections=examples/pose2sim_detections.jsonl \
+	    --window-seconds 1.5 --window-frames 4
+	$(VENV)/bin/unish inspect runs/demo_labels
 
 bench: install
 	$(PY) bench/spine.py
