@@ -1,29 +1,17 @@
 """Our AlignNet vs the official UniSH AlignNet golden (tiny, random weights), at 6, 2.5 and 0.1 fps."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
+from golden_helpers import TOL, load_golden, rel_err
 from unish_model.alignnet import AlignNet, AlignNetConfig, frame_positions, rope_table
 from unish_model.golden_calls import alignnet as runner
-
-GOLDEN = Path(__file__).parent / "data" / "goldens" / "alignnet"
-TOL = 1e-5
-
-
-def _rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.abs(ours - ref).max() / max(1.0, float(np.abs(ref).max())))
 
 
 @pytest.fixture(scope="module")
 def golden() -> tuple[dict, dict, dict]:
-    config = json.loads((GOLDEN / "config.json").read_text())
-    return config, load_file(str(GOLDEN / "weights.safetensors")), dict(np.load(GOLDEN / "io.npz"))
+    return load_golden("alignnet")
 
 
 def test_runner_matches_every_official_output(golden):
@@ -34,7 +22,7 @@ def test_runner_matches_every_official_output(golden):
     for name in sorted(expected):
         ours, ref = result.outputs[name], io[f"out_{name}"]
         assert ours.shape == ref.shape, name
-        assert _rel_err(ours, ref) <= TOL, (name, _rel_err(ours, ref))
+        assert rel_err(ours, ref) <= TOL, (name, rel_err(ours, ref))
 
 
 @pytest.mark.parametrize("key", ["decoder_layers.1.cross_k_proj.weight", "register_feature_adapter.1.weight",
@@ -44,7 +32,7 @@ def test_perturbed_weight_is_detected(golden, key):
     bad = dict(weights)
     bad[key] = weights[key] + 0.05 * torch.randn(weights[key].shape, generator=torch.Generator().manual_seed(0))
     result = runner.run(config, bad, io)
-    worst = max(_rel_err(result.outputs[k], io[f"out_{k}"]) for k in result.outputs)
+    worst = max(rel_err(result.outputs[k], io[f"out_{k}"]) for k in result.outputs)
     assert worst > 1e-4
 
 
@@ -56,7 +44,7 @@ def test_time_rope_matters_and_frames_are_not_interchangeable(golden):
     swapped["in_hidden_tokens"] = io["in_hidden_tokens"][:, order]
     swapped["in_cam_token"] = io["in_cam_token"][:, order]
     result = runner.run(config, weights, swapped)
-    assert _rel_err(result.outputs["trans_cam"][:, order], io["out_trans_cam"]) > 1e-4
+    assert rel_err(result.outputs["trans_cam"][:, order], io["out_trans_cam"]) > 1e-4
 
 
 def test_frame_positions_and_interpolated_table():

@@ -1,15 +1,12 @@
 """Our human branch vs the official UniSH human branch golden (tiny, random weights) + its pure helpers."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
+from golden_helpers import TOL, load_golden, rel_err
 from unish_model.convert.camerahmr import load_converted, unish_human_state
 from unish_model.golden_calls import human_branch as runner
 from unish_model.human import (
@@ -17,18 +14,10 @@ from unish_model.human import (
     crop_transform, rot6d_to_rotmat, square_boxes, weak_perspective_to_translation,
 )
 
-GOLDEN = Path(__file__).parent / "data" / "goldens" / "human_branch"
-TOL = 1e-5
-
-
-def _rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.abs(ours - ref).max() / max(1.0, float(np.abs(ref).max())))
-
 
 @pytest.fixture(scope="module")
 def golden() -> tuple[dict, dict, dict]:
-    config = json.loads((GOLDEN / "config.json").read_text())
-    return config, load_file(str(GOLDEN / "weights.safetensors")), dict(np.load(GOLDEN / "io.npz"))
+    return load_golden("human_branch")
 
 
 def test_runner_matches_every_official_output(golden):
@@ -39,7 +28,7 @@ def test_runner_matches_every_official_output(golden):
     for name in sorted(expected):
         ours, ref = result.outputs[name], io[f"out_{name}"]
         assert ours.shape == ref.shape, name
-        assert _rel_err(ours, ref) <= TOL, (name, _rel_err(ours, ref))
+        assert rel_err(ours, ref) <= TOL, (name, rel_err(ours, ref))
 
 
 def test_backbone_features_match_debug_output(golden):
@@ -49,7 +38,7 @@ def test_backbone_features_match_debug_output(golden):
     patches = torch.from_numpy(io["in_human_patches"]).flatten(0, 1)
     with torch.no_grad():
         features = model.backbone(backbone_columns(patches)).numpy()
-    assert _rel_err(features, io["dbg_backbone_features"]) <= TOL
+    assert rel_err(features, io["dbg_backbone_features"]) <= TOL
 
 
 @pytest.mark.parametrize("key", [
@@ -62,7 +51,7 @@ def test_perturbed_weight_is_detected(golden, key):
     bad = dict(weights)
     bad[key] = weights[key] + 0.01 * torch.randn(weights[key].shape, generator=torch.Generator().manual_seed(0))
     result = runner.run(config, bad, io)
-    worst = max(_rel_err(result.outputs[k], io[f"out_{k}"]) for k in result.outputs)
+    worst = max(rel_err(result.outputs[k], io[f"out_{k}"]) for k in result.outputs)
     assert worst > 1e-4
 
 

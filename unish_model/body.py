@@ -15,10 +15,7 @@ The model file is an `.npz` with SMPL's own array names and shapes (no pickle):
 Converting the official SMPL `.pkl` (registration required): `python -m unish_model.body SMPL_NEUTRAL.pkl
 SMPL_NEUTRAL.npz` (or `convert_smpl_pickle`) reads it with a restricted unpickler that builds only numpy arrays,
 builtin containers and inert stand-ins for its chumpy arrays and scipy sparse `J_regressor` (nothing in the file
-can run code), densifies them and writes the `.npz`.  Without this project: in an environment you trust, with
-`chumpy` installed, `d = pickle.load(f, encoding="latin1")`, then `np.savez(out, v_template=np.asarray(
-d["v_template"]), f=d["f"], J_regressor=d["J_regressor"].toarray(), weights=np.asarray(d["weights"]),
-shapedirs=np.asarray(d["shapedirs"]), posedirs=np.asarray(d["posedirs"]), kintree_table=d["kintree_table"])`.
+can run code), densifies them and writes the `.npz`.
 `BodyModel.from_file` itself loads only the `.npz`, with `allow_pickle=False`.
 
 `write_synthetic_body_model` writes a made-up model in exactly this layout (tests, demos: SMPL itself cannot be
