@@ -87,7 +87,8 @@ def video_task(row: ManifestRow, out: str, config: CurateConfig, stage_names: li
     out_dir = Path(out)
     workdir = pipeline.video_workdir(out_dir / WORK_DIR / "videos", row)
     stages = [get_stage(n, config.stage_params.get(n))[0] for n in stage_names]
-    fingerprint = pipeline.chain_fingerprint(config.spine(), stages)
+    stage_fps = pipeline.stage_chain_fingerprints(stages)
+    fingerprint = pipeline.chain_fingerprint(config.spine(), stage_fps)
     done = workdir / "video.json"
     if done.exists():  # finished in an earlier run with the same parameters
         saved = read_json(done)
@@ -100,7 +101,6 @@ def video_task(row: ManifestRow, out: str, config: CurateConfig, stage_names: li
         fetched = fetch(row, str(out_dir / WORK_DIR / "downloads"), config)
         info = probe_task(fetched, str(workdir))
         windows = segment_task(row, fetched, info, str(workdir), config)
-        stage_fps = pipeline.stage_chain_fingerprints(stages)
         pipeline.reopen_stale_clips(workdir, windows, {s.name: fp for s, fp in zip(stages, stage_fps)})
         for name, stage_fp in zip(stage_names, stage_fps):
             label_task(name, str(workdir), windows, stage_fp, config.stage_params.get(name))

@@ -54,6 +54,15 @@ def decode_npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
+def decode_label_member(name: str, data: bytes) -> tuple[str, str, Any] | None:
+    """`<family>.<entry>.npy|json` member -> (family, entry, decoded value); None for any other member."""
+    m = _LABEL_MEMBER.match(name)
+    if not m:
+        return None
+    family, entry, ext = m.groups()
+    return family, entry, decode_npy(data) if ext == "npy" else json.loads(data)
+
+
 def encode_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
@@ -98,10 +107,10 @@ def decode_sample(members: dict[str, Any]) -> ClipSample:
         if m:
             frames[int(m.group(1))] = decode_jpeg(value)
             continue
-        m = _LABEL_MEMBER.match(name)
-        if m:
-            family, entry, ext = m.groups()
-            labels.setdefault(family, {})[entry] = decode_npy(value) if ext == "npy" else json.loads(value)
+        label = decode_label_member(name, value)
+        if label:
+            family, entry, decoded = label
+            labels.setdefault(family, {})[entry] = decoded
     if not frames:
         raise ValueError(f"sample {key!r} has no frames")
     stacked = np.stack([frames[i] for i in sorted(frames)])

@@ -203,9 +203,10 @@ def run_label_stage(stage: LabelStage, workdir: Path, windows: list[dict], fp: s
 _PACK_DELAY_S = float(os.environ.get("UNISH_FAULT_PACK_DELAY_S", "0") or 0)
 
 
-def chain_fingerprint(params: SpineParams, stages: list[LabelStage]) -> str:
-    """What a video's finished result depends on: the spine's parameters and every stage's."""
-    return digest({"spine": params.fingerprint(), "stages": stage_chain_fingerprints(stages)})
+def chain_fingerprint(params: SpineParams, stage_fps: list[str]) -> str:
+    """What a video's finished result depends on: the spine's parameters and every stage's
+    (`stage_fps` from `stage_chain_fingerprints`)."""
+    return digest({"spine": params.fingerprint(), "stages": stage_fps})
 
 
 def run_pack(

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from shards.sample import decode_jpeg, decode_npy, encode_jpeg, encode_json, label_members
+from shards.sample import decode_jpeg, decode_label_member, encode_jpeg, encode_json, label_members
 from shards.schema import STATUS_OK
 from tasks.stage import ClipWindow
 
@@ -67,12 +67,10 @@ def load_labels(clip_dir: Path) -> tuple[dict[str, dict[str, Any]], dict[str, di
         family = marker.stem
         provenance[family] = read_json(marker)
         entries: dict[str, Any] = {}
-        for p in sorted(clip_dir.glob(f"{family}.*")):
-            _, entry, ext = p.name.split(".", 2) if p.name.count(".") == 2 else (None, None, None)
-            if ext == "npy":
-                entries[entry] = decode_npy(p.read_bytes())
-            elif ext == "json":
-                entries[entry] = json.loads(p.read_bytes())
+        for p in sorted(clip_dir.glob(f"{family}.*.*")):
+            label = decode_label_member(p.name, p.read_bytes()) if p.suffix in (".npy", ".json") else None
+            if label:
+                entries[label[1]] = label[2]
         labels[family] = entries
     return labels, provenance
 

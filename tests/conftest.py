@@ -75,6 +75,17 @@ def prefect_api(tmp_path_factory):
                 os.environ["PREFECT_API_URL"] = old
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's model runs: two shared cores, so OpenMP spinning only slows them."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture
 def copy_media(tmp_path, media):
     def _copy(name: str, new_name: str | None = None) -> Path:

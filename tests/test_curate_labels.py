@@ -39,12 +39,7 @@ T, H, W = 4, 518, 294  # 4 frames at 6 fps (0 .. 0.5 s) of one 1.5 s window, por
 BASE = dict(progress=False, workers=1, window_seconds=1.5, window_frames=4, fetch_retries=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # two shared cores: avoid OpenMP spinning against other processes
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def detection_rows() -> list[dict]:

@@ -21,12 +21,7 @@ from tasks.weights import WeightsMissing
 DATA = Path(__file__).parent / "data" / "labels"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # two shared cores: avoid OpenMP spinning against other processes
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
