@@ -163,8 +163,10 @@ def test_camerahmr_absent_frame_is_missing_and_others_unchanged(camerahmr):
     present = np.array([True, True, False, True, True])
     kp = camerahmr(make_clip(frames, boxes, present)).labels["keypoints"]
     assert not kp["present"][2] and (kp["confidence"][2] == 0).all() and (kp["joints2d"][2] == 0).all()
-    keep = present
-    np.testing.assert_allclose(kp["joints2d"][keep], full["joints2d"][keep], atol=1e-4)
+    # float32 through a ViT in a differently shaped batch: measured noise 6e-7 of the coordinates' size
+    # (1.2e-4 px at ~190 px); a frame mixed up with another is pixels off.
+    atol = 1e-5 * float(np.abs(full["joints2d"]).max())
+    np.testing.assert_allclose(kp["joints2d"][present], full["joints2d"][present], rtol=0, atol=atol)
 
 
 def test_camerahmr_needs_people_boxes(camerahmr):
