@@ -1,38 +1,53 @@
 """The curation flow: manifest -> per-video chain (fetch, probe, segment, label stages, pack) -> index.
 
-One task chain per video, at most `workers` videos at once. Every step is idempotent on disk, so a
-rerun (after a crash or a SIGKILL) does no finished work again and ends with the same index and shards.
+One task chain per video, at most `workers` videos at once, fed by a queue that puts transiently failed
+downloads back with a delay instead of holding a worker (`flows/video_queue.py`). Every step is idempotent
+on disk, so a rerun (after a crash or a SIGKILL) does no finished work again and ends with the same index
+and shards; a finished video whose shards were damaged since is repacked. One run writes a folder at a
+time (a lock), and the folder is checked for room and write access before any video is touched.
 """
 from __future__ import annotations
 
 import json
+import queue as queue_mod
+import shutil
 import threading
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
 import flows.prefect_env  # noqa: F401  (sets Prefect defaults before it is imported)
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from shards.index import INDEX_FILE, VIDEOS_FILE, rows_to_table, write_table_atomic
+from shards.atomic import is_storage_error, remove_temp_files, write_json_atomic
+from shards.index import INDEX_FILE, VIDEOS_FILE, rows_to_table, write_table_if_changed
+from shards.runfolder import check_writable, run_lock
 from shards.schema import INDEX_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_REJECTED, VIDEOS_SCHEMA
 from flows.params import CurateConfig
+from flows.video_queue import QueuedVideo, VideoQueue
 from tasks import pipeline
 from tasks.fetch import FetchError, Fetched, fetch_source
 from tasks.manifest import ManifestRow, read_manifest
-from tasks.probe import UnreadableVideo, VideoInfo
+from tasks.probe import TruncatedVideo, UnreadableVideo, VideoInfo
 from tasks.stage import LabelStage, build_stage
-from tasks.staging import read_json, write_json_atomic
+from tasks.staging import StagedClipDamaged, read_json
 
 WORK_DIR = "_work"
 SHARD_DIR = "shards"
+UNINDEXED_DIR = "unindexed"  # under _work: shards no index row refers to any more (kept, not deleted)
+VIDEO_MARKER = "video.json"
 
 # Labelling stages are built once per process (weights load once) and used under a lock each,
 # since model backends are not guaranteed thread-safe.
 _STAGES: dict[str, tuple[LabelStage, threading.Lock]] = {}
 _STAGES_LOCK = threading.Lock()
+
+
+class StorageFailed(RuntimeError):
+    """The output's disk is full, read-only or failing: the run stops; finished videos are kept."""
 
 
 def get_stage(name: str, params: dict | None = None) -> tuple[LabelStage, threading.Lock]:
@@ -45,14 +60,9 @@ def get_stage(name: str, params: dict | None = None) -> tuple[LabelStage, thread
         return _STAGES[key]
 
 
-def _is_transient(task: Any, task_run: Any, state: Any) -> bool:
-    exc = state.result(raise_on_failure=False)
-    return isinstance(exc, FetchError) and exc.transient
-
-
-@task(name="fetch", cache_policy=NO_CACHE, retry_condition_fn=_is_transient)
+@task(name="fetch", cache_policy=NO_CACHE)
 def fetch_task(row: ManifestRow, downloads: str, config: CurateConfig) -> Fetched:
-    return fetch_source(row, Path(downloads), config.section_pad_s, config.host_backoff_s, config.cookies, config.proxy)
+    return fetch_source(row, Path(downloads), config.section_pad_s, config.fetch_timeout_s, config.cookies, config.proxy)
 
 
 @task(name="probe", cache_policy=NO_CACHE)
@@ -80,48 +90,79 @@ def pack_task(row: ManifestRow, workdir: str, windows: list[dict], families: lis
                              fingerprint)
 
 
+def _finished(workdir: Path, shard_dir: Path, fingerprint: str, full_check: bool) -> tuple[dict | None, list[str]]:
+    """(the saved result of a video finished with these parameters, or None; problems found in its shards,
+    which are then forgotten so that the chain repacks them)."""
+    done = workdir / VIDEO_MARKER
+    try:
+        saved = read_json(done)
+    except (OSError, ValueError):  # absent, or damaged: the chain's own markers decide what to redo
+        return None, []
+    if saved.get("fingerprint") != fingerprint:
+        return None, []
+    problems = pipeline.shards_changed(workdir, shard_dir, saved["clips"], full=full_check)
+    if not problems:
+        return saved, []
+    done.unlink()
+    pipeline.forget_packed(workdir)
+    return None, [str(p) for p in problems]
+
+
 @task(name="video", cache_policy=NO_CACHE, task_run_name="video-{row.source_id}-{row.span_tag}")
 def video_task(row: ManifestRow, out: str, config: CurateConfig, stage_names: list[str]) -> dict:
-    """The whole chain of one video; returns its video row and clip rows. Never raises for bad input:
-    the error is recorded and the other videos go on."""
+    """The whole chain of one video; returns its video row and clip rows, plus `retry` (a transient
+    download error: the queue tries again later), `fatal` (the output's storage failed) or `repaired`
+    (damaged shards of a finished video, rewritten). Never raises for bad input: the error is recorded
+    and the other videos go on."""
     out_dir = Path(out)
+    shard_dir = out_dir / SHARD_DIR
     workdir = pipeline.video_workdir(out_dir / WORK_DIR / "videos", row)
     stages = [get_stage(n, config.stage_params.get(n))[0] for n in stage_names]
     stage_fps = pipeline.stage_chain_fingerprints(stages)
     fingerprint = pipeline.chain_fingerprint(config.spine(), stage_fps)
-    done = workdir / "video.json"
-    if done.exists():  # finished in an earlier run with the same parameters
-        saved = read_json(done)
-        if saved.get("fingerprint") == fingerprint:
-            return {"video": saved["video"], "clips": saved["clips"]}
+    saved, repaired = _finished(workdir, shard_dir, fingerprint, config.verify_shards)
+    if saved is not None:  # finished in an earlier run with the same parameters, shards intact
+        return {"video": saved["video"], "clips": saved["clips"], "skipped": True}
     info: VideoInfo | None = None
     fetched: Fetched | None = None
+
+    def failed(reason: str, message: str, **extra: Any) -> dict:
+        vrow = pipeline.video_row(row, STATUS_ERROR, reason, message, info, fetched.path if fetched else "")
+        return {"video": vrow, "clips": [], "repaired": repaired, **extra}
+
     try:
-        fetch = fetch_task.with_options(retries=config.fetch_retries, retry_delay_seconds=config.fetch_retry_delays_s)
-        fetched = fetch(row, str(out_dir / WORK_DIR / "downloads"), config)
+        fetched = fetch_task(row, str(out_dir / WORK_DIR / "downloads"), config)
         info = probe_task(fetched, str(workdir))
         windows = segment_task(row, fetched, info, str(workdir), config)
         pipeline.reopen_stale_clips(workdir, windows, {s.name: fp for s, fp in zip(stages, stage_fps)})
         for name, stage_fp in zip(stage_names, stage_fps):
             label_task(name, str(workdir), windows, stage_fp, config.stage_params.get(name))
         families = [stage.name for stage in stages]
-        clips = pack_task(row, str(workdir), windows, families, str(out_dir / SHARD_DIR), config, fingerprint)
-    except (FetchError, UnreadableVideo, pipeline.SpanOutOfRange) as e:
-        reason = getattr(e, "reason", "error")
-        message = getattr(e, "message", str(e))
-        return {"video": pipeline.video_row(row, STATUS_ERROR, reason, message, info, fetched.path if fetched else ""),
-                "clips": []}
+        clips = pack_task(row, str(workdir), windows, families, str(shard_dir), config, fingerprint)
+    except FetchError as e:
+        if e.transient:
+            return failed(e.reason, e.message, retry={"host": e.host, "message": e.message})
+        return failed(e.reason, e.message)
+    except UnreadableVideo as e:
+        if isinstance(e, TruncatedVideo) and fetched is not None and row.kind != "path":
+            Path(fetched.path).unlink(missing_ok=True)  # a cut download: fetch it again on the next run
+        return failed(e.reason, e.message)
+    except pipeline.SpanOutOfRange as e:
+        return failed(e.reason, str(e))
+    except StagedClipDamaged as e:  # staged again by the next run
+        return failed("staging_damaged", str(e))
     except Exception as e:  # an unexpected failure of one video must not stop the others
-        return {"video": pipeline.video_row(row, STATUS_ERROR, type(e).__name__, str(e), info,
-                                            fetched.path if fetched else ""), "clips": []}
+        if is_storage_error(e, out_dir):
+            return failed("storage", str(e), fatal=f"{type(e).__name__}: {e}")
+        return failed(type(e).__name__, str(e))
     if windows:
         vrow = pipeline.video_row(row, STATUS_OK, info=info, path=fetched.path, clip_rows=clips)
     else:
         message = f"no {config.window_seconds:g} s window fits the requested span"
         vrow = pipeline.video_row(row, STATUS_REJECTED, "too_short", message, info, fetched.path, clips)
     if not any(c["status"] == STATUS_ERROR for c in clips):  # a clip error is retried by the next run
-        write_json_atomic(done, {"fingerprint": fingerprint, "video": vrow, "clips": clips})
-    return {"video": vrow, "clips": clips}
+        write_json_atomic(workdir / VIDEO_MARKER, {"fingerprint": fingerprint, "video": vrow, "clips": clips})
+    return {"video": vrow, "clips": clips, "repaired": repaired}
 
 
 def manifest_problem_rows(problems: list) -> list[dict]:
@@ -132,11 +173,31 @@ def manifest_problem_rows(problems: list) -> list[dict]:
     ]
 
 
-def write_index(out_dir: Path, videos: list[dict], clips: list[dict]) -> None:
+def write_index(out_dir: Path, videos: list[dict], clips: list[dict]) -> bool:
+    """Write index.parquet and videos.parquet, each only if it changed; returns whether either was written."""
     videos = sorted(videos, key=lambda v: (v["row"], v["source_id"]))
     clips = sorted(clips, key=lambda c: (c["row"], c["start_s"], c["key"]))
-    write_table_atomic(rows_to_table(clips, INDEX_SCHEMA), out_dir / INDEX_FILE)
-    write_table_atomic(rows_to_table(videos, VIDEOS_SCHEMA), out_dir / VIDEOS_FILE)
+    twice = [k for k, n in Counter(c["key"] for c in clips if c["key"]).items() if n > 1]
+    if twice:  # the manifest's checks keep spans of one id apart; this is the last line of defence
+        raise ValueError(f"clip keys occur more than once: {', '.join(sorted(twice)[:5])}")
+    wrote_index = write_table_if_changed(rows_to_table(clips, INDEX_SCHEMA), out_dir / INDEX_FILE)
+    wrote_videos = write_table_if_changed(rows_to_table(videos, VIDEOS_SCHEMA), out_dir / VIDEOS_FILE)
+    return wrote_index or wrote_videos
+
+
+def set_aside_unindexed_shards(out_dir: Path, clips: list[dict]) -> list[str]:
+    """Move shards no index row refers to (a video that left the manifest or failed after a parameter
+    change) from shards/ to _work/unindexed/: shards/ then holds exactly the indexed clips."""
+    referenced = {c["shard"] for c in clips if c.get("shard")}
+    shard_dir = out_dir / SHARD_DIR
+    moved = []
+    for path in sorted(shard_dir.glob("*.tar")) if shard_dir.is_dir() else []:
+        if path.name not in referenced:
+            target = out_dir / WORK_DIR / UNINDEXED_DIR / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(path), str(target))
+            moved.append(path.name)
+    return moved
 
 
 ProgressHook = Callable[[dict], None]
@@ -149,10 +210,30 @@ def set_progress_hook(hook: ProgressHook | None) -> None:
     _progress_hook = hook
 
 
+def _emit(event: dict) -> None:
+    if _progress_hook:
+        _progress_hook(event)
+
+
+def first_shard_bytes(config: CurateConfig) -> int:
+    """Room a run needs before it starts: one shard at its size bound, capped at what the clips of one
+    video can plausibly take (a 5 s clip is at most a few MB at the model's size)."""
+    return int(min(config.shard_max_mb * 2**20, config.shard_max_samples * 8 * 2**20))
+
+
 @flow(name="curate", log_prints=False, validate_parameters=True)
 def curate_flow(manifest: str, out: str, config: CurateConfig = CurateConfig()) -> dict:
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir, first_shard_bytes(config))
+    with run_lock(out_dir, f"unish curate {manifest}") as lock:
+        return _curate_locked(manifest, out_dir, config, lock.took_over.describe() if lock.took_over else "")
+
+
+def _curate_locked(manifest: str, out_dir: Path, config: CurateConfig, took_over: str) -> dict:
+    logger = get_run_logger()
+    if took_over:
+        logger.warning("%s: taking over from %s, which ended without finishing", out_dir, took_over)
+    remove_temp_files(out_dir / SHARD_DIR)  # we hold the lock: every temporary file is a dead writer's
     parsed = read_manifest(manifest)
     stage_names = config.stage_names()
     with _STAGES_LOCK:  # weights or inputs may have changed on disk since an earlier run in this process
@@ -161,29 +242,58 @@ def curate_flow(manifest: str, out: str, config: CurateConfig = CurateConfig()) 
         get_stage(name, config.stage_params.get(name))
     videos = manifest_problem_rows(parsed.problems)
     clips: list[dict] = []
-    if _progress_hook:
-        _progress_hook({"event": "start", "videos": len(parsed.rows), "problems": len(parsed.problems)})
-    def collect(fut) -> None:
-        result = fut.result()
+    summary = Counter()
+    fatal = ""
+    _emit({"event": "start", "videos": len(parsed.rows), "problems": len(parsed.problems)})
+
+    queue = VideoQueue(parsed.rows, config.fetch_retry_delays_s, config.fetch_retries, config.host_backoff_s)
+    finished: queue_mod.Queue = queue_mod.Queue()  # futures, as they finish (Prefect calls back)
+    in_flight: dict[Any, QueuedVideo] = {}
+    while (len(queue) and not fatal) or in_flight:
+        while not fatal and len(in_flight) < config.workers and (item := queue.pop_ready()) is not None:
+            future = video_task.submit(item.row, str(out_dir), config, stage_names)
+            in_flight[future] = item
+            future.add_done_callback(finished.put)
+        wait = queue.wait_s() if not fatal else None
+        if not in_flight:
+            time.sleep(wait or 0.0)
+            continue
+        try:
+            future = finished.get(timeout=wait)
+        except queue_mod.Empty:
+            continue  # a delayed retry (or a backed-off host) is ready: submit it
+        item = in_flight.pop(future)
+        result = future.result()
+        for problem in result.get("repaired", []):
+            logger.warning("%s: repacking, shard damaged: %s", item.row.source_id, problem)
+        summary["repaired"] += bool(result.get("repaired"))
+        retry = result.get("retry")
+        if retry and queue.retry(item, retry["message"]):
+            summary["retried"] += 1
+            _emit({"event": "retry", **result["video"], "attempt": item.attempts})
+            continue
+        if retry:
+            result["video"]["message"] += f" (gave up after {item.attempts + 1} attempts; a rerun tries again)"
+            summary["transient_left"] += 1
+        if result.get("fatal") and not fatal:
+            fatal = result["fatal"]
+        summary["skipped"] += bool(result.get("skipped"))
         videos.append(result["video"])
         clips.extend(result["clips"])
-        if _progress_hook:
-            _progress_hook({"event": "video", **result["video"],
-                            "ok_clips": sum(c["status"] == STATUS_OK for c in result["clips"])})
-
-    # At most `workers` videos in flight, whatever task runner the flow was started with (a deployment
-    # calls this flow directly): submit more only as earlier ones finish.
-    in_flight: list = []
-    for r in parsed.rows:
-        if len(in_flight) >= config.workers:
-            done = next(as_completed(in_flight))
-            in_flight.remove(done)
-            collect(done)
-        in_flight.append(video_task.submit(r, out, config, stage_names))
-    for fut in as_completed(in_flight):
-        collect(fut)
-    write_index(out_dir, videos, clips)
-    return {"videos": len(videos), "clips": len(clips), "ok": sum(c["status"] == STATUS_OK for c in clips)}
+        _emit({"event": "video", **result["video"], "ok_clips": sum(c["status"] == STATUS_OK for c in result["clips"]),
+               "skipped": bool(result.get("skipped"))})
+    if fatal:
+        left = queue.drop_all()
+        raise StorageFailed(f"stopped: writing to {out_dir} failed ({fatal}); {len(videos)} videos are finished "
+                            f"and kept, {len(left)} were not started. Free space (or make the folder writable) "
+                            f"and run again to finish: finished work is not redone")
+    wrote = write_index(out_dir, videos, clips)
+    moved = set_aside_unindexed_shards(out_dir, clips)
+    for name in moved:
+        logger.warning("%s: no index row refers to it any more; moved to %s", name, Path(WORK_DIR) / UNINDEXED_DIR)
+    return {"videos": len(videos), "clips": len(clips), "ok": sum(c["status"] == STATUS_OK for c in clips),
+            "skipped": summary["skipped"], "retried": summary["retried"], "repaired": summary["repaired"],
+            "transient_left": summary["transient_left"], "tables_written": wrote, "set_aside": moved}
 
 
 def run_curate(manifest: str | Path, out: str | Path, config: CurateConfig = CurateConfig()) -> dict:

@@ -27,16 +27,22 @@ class CurateConfig(BaseModel):
     shard_max_mb: float = Field(512.0, gt=0)
     shard_max_samples: int = Field(1000, ge=1)
     section_pad_s: float = Field(2.0, ge=0)
-    fetch_retries: int = Field(3, ge=0)
-    fetch_retry_delays_s: list[float] = Field(default_factory=lambda: [10.0, 60.0, 300.0])
-    host_backoff_s: float = Field(30.0, ge=0)
+    fetch_retries: int = Field(3, ge=0, description="retries of a transient download error (queued, not waited on)")
+    fetch_retry_delays_s: list[float] = Field(default_factory=lambda: [10.0, 60.0, 300.0],
+                                              description="seconds before each retry (the last one repeats)")
+    host_backoff_s: float = Field(30.0, ge=0, description="pause for a host:port after a transient error there")
+    fetch_timeout_s: float = Field(20.0, gt=0, description="socket time-out of a download")
+    max_frame_offset_s: float | None = Field(
+        None, gt=0, description="farthest a sampled frame may be from its time (default half the sample interval)")
+    verify_shards: bool = Field(False, description="check every finished shard's digests, not only changed files")
     cookies: str | None = None
     proxy: str | None = None
     progress: bool = True
 
     def spine(self) -> SpineParams:
         return SpineParams(
-            windows=WindowParams(self.window_seconds, self.window_fps, self.window_frames, self.stride_s),
+            windows=WindowParams(self.window_seconds, self.window_fps, self.window_frames, self.stride_s,
+                                 self.max_frame_offset_s),
             shots=ShotParams(self.shot_threshold, self.min_scene_len_s),
             jpeg_quality=self.jpeg_quality,
             shard_limits=ShardLimits(int(self.shard_max_mb * 1024 * 1024), self.shard_max_samples),

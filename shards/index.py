@@ -1,7 +1,6 @@
 """The Parquet index (one row per clip window) and videos table (one row per manifest row)."""
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from shards.atomic import atomic_path
 from shards.schema import STATUS_ERROR, STATUS_OK, STATUS_REJECTED, empty_row
 
 INDEX_FILE = "index.parquet"
@@ -28,12 +28,22 @@ def rows_to_table(rows: Iterable[dict], schema: pa.Schema) -> pa.Table:
 
 def write_table_atomic(table: pa.Table, path: Path) -> None:
     """Write to a temp name, fsync, rename: readers see the old file or the new one, never half."""
+    with atomic_path(Path(path)) as tmp:
+        pq.write_table(table, tmp)
+
+
+def write_table_if_changed(table: pa.Table, path: Path) -> bool:
+    """Write the table only if the file does not already hold exactly it (a finished run, rerun, rewrites
+    nothing); returns whether it wrote."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    if path.exists():
+        try:
+            if pq.read_table(path).equals(table):
+                return False
+        except (OSError, pa.ArrowInvalid):
+            pass  # unreadable: replace it
+    write_table_atomic(table, path)
+    return True
 
 
 def read_index(out_dir: Path) -> tuple[pa.Table, pa.Table]:

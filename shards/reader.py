@@ -1,12 +1,20 @@
-"""Reading clips back through WebDataset (no automatic decoders: we decode jpg/npy/json ourselves)."""
+"""Reading clips back through WebDataset (no automatic decoders: we decode jpg/npy/json ourselves).
+
+Shards of a curated run (`<run>/shards/*.tar` beside `<run>/index.parquet`) are checked against the index
+as they are read: a missing, partial or altered clip, or a sample the index does not list, raises
+`ShardDamaged` naming the shard and the clip, instead of being skipped or returned. Shards without an
+index next to them are read as they are.
+"""
 from __future__ import annotations
 
+import random
 from pathlib import Path
-from typing import Iterator, Sequence
-
-import webdataset as wds
+from typing import Any, Iterator, Sequence
 
 from shards.sample import ClipSample, decode_sample
+from shards.verify import ShardDamaged, iter_checked_samples, raise_problem, shard_urls_checked
+
+SHUFFLE_BUFFER = 100
 
 
 def shard_urls(folder: Path) -> list[str]:
@@ -14,15 +22,35 @@ def shard_urls(folder: Path) -> list[str]:
     return sorted(str(p) for p in Path(folder).glob("*.tar"))
 
 
-def iter_clips(urls: Sequence[str] | str, shuffle: bool = False) -> Iterator[ClipSample]:
-    """Yield every clip of the given shards, decoded to arrays."""
+def iter_members(urls: Sequence[str] | str, verify: bool = True) -> Iterator[dict[str, Any]]:
+    """Every sample's raw members (bytes), shard by shard; checked against the run's index where there is
+    one and `verify` is set."""
     if isinstance(urls, str):
         urls = [urls]
-    if not urls:
-        return
-    dataset = wds.WebDataset(list(urls), shardshuffle=False, empty_check=False)
+    pairs = shard_urls_checked(list(urls)) if verify else [(u, None) for u in urls]
+    for url, expected in pairs:
+        yield from iter_checked_samples(url, expected, raise_problem(url))
+
+
+def iter_clips(urls: Sequence[str] | str, shuffle: bool = False, verify: bool = True,
+               seed: int | None = None) -> Iterator[ClipSample]:
+    """Yield every clip of the given shards, decoded to arrays (see the module docstring for `verify`).
+    `shuffle` mixes clips within a buffer of SHUFFLE_BUFFER samples."""
+    members = iter_members(urls, verify)
     if shuffle:
-        dataset = dataset.shuffle(100)
-    for members in dataset:
-        members = {k: v for k, v in members.items() if k != "__url__" and k != "__local_path__"}
-        yield decode_sample(members)
+        members = _shuffled(members, SHUFFLE_BUFFER, random.Random(seed))
+    for sample in members:
+        yield decode_sample(sample)
+
+
+def _shuffled(items: Iterator[dict[str, Any]], size: int, rng: random.Random) -> Iterator[dict[str, Any]]:
+    buffer: list[dict[str, Any]] = []
+    for item in items:
+        buffer.append(item)
+        if len(buffer) >= size:
+            yield buffer.pop(rng.randrange(len(buffer)))
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+__all__ = ["SHUFFLE_BUFFER", "ShardDamaged", "iter_clips", "iter_members", "shard_urls"]

@@ -8,6 +8,7 @@ Members of a sample (after the `<key>.` prefix):
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -90,6 +91,27 @@ def encode_sample(sample: ClipSample, frame_jpegs: list[bytes] | None = None) ->
         members[f"frames.{i:03d}.jpg"] = jpg
     members.update(label_members(sample.labels))
     return members
+
+
+@dataclass(frozen=True)
+class SampleDigest:
+    """What the index records of a sample, to check it against its shard: its member count and a sha256."""
+
+    members: int
+    sha256: str
+
+
+def sample_digest(members: dict[str, Any]) -> SampleDigest:
+    """Count and sha256 of a sample's members (name, length and bytes of each, in name order, and the key),
+    as the writer wrote them or a reader got them back; WebDataset's `__url__`-style entries are not members."""
+    h = hashlib.sha256(str(members["__key__"]).encode() + b"\0")
+    names = sorted(k for k in members if not k.startswith("__"))
+    for name in names:
+        value = members[name]
+        data = value.encode() if isinstance(value, str) else bytes(value)
+        h.update(name.encode() + b"\0" + len(data).to_bytes(8, "little"))
+        h.update(data)
+    return SampleDigest(len(names), h.hexdigest())
 
 
 def decode_sample(members: dict[str, Any]) -> ClipSample:

@@ -57,6 +57,8 @@ INDEX_SCHEMA = pa.schema(
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("bytes", pa.int64()),  # bytes of the sample in its shard
+        ("members", pa.int32()),  # member files of the sample (frames, meta, labels): checked on read
+        ("sha256", pa.string()),  # digest of the sample's members (shards.sample.sample_digest): checked on read
         ("labels", pa.string()),  # JSON: label family -> version
         ("stats", pa.string()),  # JSON: what the filters looked at
     ]

@@ -30,10 +30,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 
-from shards.index import INDEX_FILE, write_table_atomic
+from shards.index import INDEX_FILE, write_table_if_changed
 from shards.sample import ClipSample, decode_sample, encode_json, label_members
 from shards.schema import STATUS_OK, empty_row
-from shards.writer import FIXED_MTIME, TMP_SUFFIX  # a sidecar's bytes depend on its samples alone
+from shards.atomic import TMP_SUFFIX, fsync_file, remove_temp_files, temp_path, write_json_atomic
+from shards.reader import iter_members
+from shards.verify import raw_samples
+from shards.writer import FIXED_MTIME  # a sidecar's bytes depend on its samples alone
 
 LABELS_DIR = "labels"
 LABELS_FILE = "labels.parquet"
@@ -105,19 +108,6 @@ def rows_path(out_dir: Path, family: str, version: str, shard: str) -> Path:
 # ------------------------------------------------------------------------------------------ writing
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    _write_bytes_atomic(Path(path), json.dumps(obj, sort_keys=True, indent=1).encode())
-
-
 def sidecar_members(key: str, family: str, entries: Mapping[str, Any], provenance: Mapping[str, Any]
                     ) -> dict[str, bytes | str]:
     """One clip's sidecar sample: only the family's label members and its provenance."""
@@ -133,8 +123,8 @@ class SidecarWriter:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(self.path.name + TMP_SUFFIX)
-        self.tmp.unlink(missing_ok=True)  # a leftover of a killed run
+        remove_temp_files(self.path.parent, f"{self.path.stem}.*.tar{TMP_SUFFIX}")  # leftovers of a killed run
+        self.tmp = temp_path(self.path)
         self._tar: wds.TarWriter | None = wds.TarWriter(str(self.tmp), encoder=False, mtime=FIXED_MTIME)
         self.keys: list[str] = []
 
@@ -145,15 +135,21 @@ class SidecarWriter:
 
     def commit(self) -> None:
         assert self._tar is not None, "sidecar already closed"
-        self._tar.close()
-        self._tar = None
-        with open(self.tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(self.tmp, self.path)
+        try:
+            self._tar.close()
+            self._tar = None
+            fsync_file(self.tmp)
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         if self._tar is not None:
-            self._tar.close()
+            try:
+                self._tar.close()
+            except OSError:
+                pass  # a full disk may fail the flush too; the temp file goes anyway
             self._tar = None
         self.tmp.unlink(missing_ok=True)
 
@@ -238,11 +234,7 @@ def write_labels_table(out_dir: Path) -> bool:
     Rebuilding from disk keeps the table right even when two relabels of different families end together."""
     out_dir = Path(out_dir)
     table = labels_table(collect_label_rows(out_dir))
-    path = out_dir / LABELS_FILE
-    if path.exists() and pq.read_table(path).equals(table):
-        return False
-    write_table_atomic(table, path)
-    return True
+    return write_table_if_changed(table, out_dir / LABELS_FILE)
 
 
 def read_labels_table(out_dir: Path) -> pa.Table:
@@ -255,19 +247,13 @@ def read_labels_table(out_dir: Path) -> pa.Table:
 # ------------------------------------------------------------------------------------------ reading
 
 
-def _raw_samples(url: str) -> Iterator[dict[str, Any]]:
-    dataset = wds.WebDataset([url], shardshuffle=False, empty_check=False)
-    for members in dataset:
-        yield {k: v for k, v in members.items() if k not in ("__url__", "__local_path__")}
-
-
 class _SidecarCursor:
     """Walks a sidecar shard alongside its main shard: the same order, a subset of the keys. A sample the
     walk passes without matching is out of step with the main shard; it is reported when the shard ends."""
 
     def __init__(self, path: Path):
         self.path = path
-        self._it = _raw_samples(str(path))
+        self._it = raw_samples(str(path))
         self._next: dict[str, Any] | None = next(self._it, None)
 
     def take(self, key: str) -> dict[str, Any] | None:
@@ -329,7 +315,7 @@ def iter_clips_with_labels(
         shard = Path(url).name
         cursors = {f: _SidecarCursor(sidecar_path(out_dir, f, v, shard))
                    for f, v in chosen.items() if sidecar_path(out_dir, f, v, shard).exists()}
-        for members in _raw_samples(url):
+        for members in iter_members(url):
             key = members["__key__"]
             lacking: list[str] = []
             for family in chosen:

@@ -132,7 +132,7 @@ def segment_video(
             w = pending[next_emit]
             if not final and now_s < w.end_s + detector.lag_s:
                 return
-            on_window(_decide(w, detector.cuts_s, report.decode_error))
+            on_window(_decide(w, detector.cuts_s, report.decode_error, windows.frame_offset_bound_s))
             pending[next_emit] = None  # type: ignore[call-overload]  # free its frames
             next_emit += 1
 
@@ -199,7 +199,7 @@ def segment_video(
     return report
 
 
-def _decide(w: _PendingWindow, cuts_s: list[float], decode_error: str) -> WindowOutcome:
+def _decide(w: _PendingWindow, cuts_s: list[float], decode_error: str, max_offset_s: float) -> WindowOutcome:
     cut = cut_inside((w.start_s, w.end_s), cuts_s)
     if cut is not None:
         return WindowOutcome(w.start_s, w.end_s, STATUS_REJECTED, "cut", f"shot cut at {cut:.3f} s", stats={"cut_s": cut})
@@ -211,7 +211,15 @@ def _decide(w: _PendingWindow, cuts_s: list[float], decode_error: str) -> Window
             w.start_s, w.end_s, STATUS_REJECTED, "short", f"{missing} of {len(w.frames)} frames past the end of the video"
         )
     times = np.asarray(w.times)
-    jitter = float(np.max(np.abs(times - w.targets)))
+    offsets = np.abs(times - w.targets)
+    jitter = float(np.max(offsets))
+    if jitter > max_offset_s:
+        worst = int(np.argmax(offsets))
+        return WindowOutcome(
+            w.start_s, w.end_s, STATUS_REJECTED, "frame_gap",
+            f"frame {worst} is {jitter:.3f} s from its sample time {w.targets[worst]:.3f} s (bound {max_offset_s:.3f} s):"
+            " the video has a hole there (variable frame rate or dropped frames)",
+            stats={"max_sample_offset_s": jitter, "bound_s": max_offset_s})
     return WindowOutcome(
         w.start_s, w.end_s, STATUS_OK, frames=np.stack(w.frames), frame_times_s=times, stats={"max_sample_offset_s": jitter}
     )

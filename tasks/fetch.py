@@ -1,16 +1,15 @@
 """fetch: yt-dlp as a library for YouTube IDs and URLs; local paths are used in place.
 
 Only the requested section (padded) is downloaded, cut exactly so that the file's t=0 is
-`section_start_s` of the source. Errors are classified permanent (no retry) or transient (retried
-by the flow with back-off, and the host is backed off for every worker of the process).
+`section_start_s` of the source. Errors are classified from what they say (`ERROR_CLASSES`): permanent
+ones are recorded, transient ones go back to the flow's queue, which retries them later with back-off per
+host and port while other videos proceed (`flows/video_queue.py`).
 """
 from __future__ import annotations
 
 import os
 import re
 import shutil
-import threading
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -24,29 +23,54 @@ FORMAT = (
     "/b[height<=720]/b"
 )
 
-_PERMANENT = re.compile(
-    r"HTTP Error (400|401|403|404|410|451)|Video unavailable|This video is (private|unavailable|no longer)"
-    r"|Private video|has been removed|account associated with this video has been terminated"
-    r"|copyright|Unsupported URL|is not a valid URL|No video formats found|Requested format is not available"
-    r"|members-only|age-restricted|Incomplete YouTube ID",
-    re.IGNORECASE,
+
+@dataclass(frozen=True)
+class ErrorClass:
+    reason: str  # the video's `reason` in videos.parquet
+    transient: bool  # worth retrying later in the same run (with back-off); permanent ones are not
+    pattern: re.Pattern[str]
+
+
+def _rx(text: str) -> re.Pattern[str]:
+    return re.compile(text, re.IGNORECASE)
+
+
+# First match wins, permanent classes first: a 404 page that mentions a time-out is still a 404.
+ERROR_CLASSES: tuple[ErrorClass, ...] = (
+    ErrorClass("unavailable", False, _rx(
+        r"HTTP Error (404|410)|Video unavailable|This video is (unavailable|no longer available)|has been removed"
+        r"|account associated with this video has been terminated|no longer available")),
+    ErrorClass("private", False, _rx(r"Private video|This video is private|members-only|Join this channel")),
+    ErrorClass("forbidden", False, _rx(
+        r"HTTP Error (401|403|451)|age-restricted|confirm your age|copyright|not available in your country"
+        r"|blocked it in your country")),
+    ErrorClass("unsupported", False, _rx(
+        r"Unsupported URL|is not a valid URL|No video formats found|Requested format is not available"
+        r"|Incomplete YouTube ID|HTTP Error 400")),
+    ErrorClass("rate_limited", True, _rx(r"HTTP Error 429|Too Many Requests|rate.?limit")),
+    ErrorClass("bot_check", True, _rx(r"Sign in to confirm you.?re not a bot|not a bot")),
+    ErrorClass("server_error", True, _rx(r"HTTP Error (5\d\d|408|425)")),
+    ErrorClass("timeout", True, _rx(r"timed? ?out")),
+    ErrorClass("network", True, _rx(
+        r"Connection (reset|refused|aborted)|Remote end closed|IncompleteRead|Temporary failure in name resolution"
+        r"|Name or service not known|Network is unreachable|No route to host|EOF occurred|ConnectionResetError"
+        r"|SSL|getaddrinfo failed")),
 )
-_TRANSIENT = re.compile(
-    r"HTTP Error (408|425|429|5\d\d)|Too Many Requests|timed? ?out|Connection (reset|refused|aborted)"
-    r"|Remote end closed|IncompleteRead|Temporary failure|Name or service not known|Sign in to confirm"
-    r"|not a bot|rate.?limit|Network is unreachable|EOF occurred|ConnectionResetError|ssl",
-    re.IGNORECASE,
-)
+# Nothing matched: not retried in this run (retrying blind only holds up the queue); a rerun tries again.
+UNKNOWN_ERROR = ErrorClass("fetch_failed", False, _rx(r"$^"))
 
 
 class FetchError(Exception):
     reason = "fetch"
     transient = False
 
-    def __init__(self, source: str, message: str):
+    def __init__(self, source: str, message: str, reason: str | None = None, host: str = ""):
         super().__init__(f"{source}: {message}")
         self.source = source
         self.message = message
+        self.host = host  # host:port the error came from (back-off is per host and port)
+        if reason:
+            self.reason = reason
 
 
 class PermanentFetchError(FetchError):
@@ -58,13 +82,14 @@ class TransientFetchError(FetchError):
     transient = True
 
 
-def classify_download_error(source: str, message: str) -> FetchError:
-    """Permanent beats transient when both match (a 404 page that mentions a timeout is still a 404)."""
-    if _PERMANENT.search(message):
-        return PermanentFetchError(source, message)
-    if _TRANSIENT.search(message):
-        return TransientFetchError(source, message)
-    return TransientFetchError(source, message)  # unknown: worth a bounded number of retries
+def classify_message(message: str) -> ErrorClass:
+    return next((c for c in ERROR_CLASSES if c.pattern.search(message)), UNKNOWN_ERROR)
+
+
+def classify_download_error(source: str, message: str, host: str = "") -> FetchError:
+    cls = classify_message(message)
+    kind = TransientFetchError if cls.transient else PermanentFetchError
+    return kind(source, message, cls.reason, host)
 
 
 @dataclass(frozen=True)
@@ -74,26 +99,11 @@ class Fetched:
     downloaded: bool
 
 
-class HostBackoff:
-    """Per-host cool-down shared by all workers of this process: one 429 slows every fetch to that host."""
-
-    def __init__(self) -> None:
-        self._until: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def wait(self, host: str) -> None:
-        with self._lock:
-            until = self._until.get(host, 0.0)
-        delay = until - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-
-    def penalise(self, host: str, seconds: float) -> None:
-        with self._lock:
-            self._until[host] = max(self._until.get(host, 0.0), time.monotonic() + seconds)
-
-
-HOST_BACKOFF = HostBackoff()
+def host_key(url: str) -> str:
+    """`host:port` of a URL: the unit of back-off (two servers on one machine are two hosts)."""
+    parsed = urlparse(url)
+    port = parsed.port or {"http": 80, "https": 443}.get(parsed.scheme, 0)
+    return f"{parsed.hostname or 'local'}:{port}"
 
 
 def _url_for(row: ManifestRow) -> str:
@@ -121,18 +131,27 @@ class _QuietLogger:
     info = warning = error = debug
 
 
+def source_host(row: ManifestRow) -> str:
+    """The host:port a row downloads from ("" for a local file)."""
+    return "" if row.kind == "path" else host_key(_url_for(row))
+
+
 def fetch_source(
     row: ManifestRow,
     downloads: Path,
     pad_s: float = SECTION_PAD_S,
-    backoff_s: float = 30.0,
+    timeout_s: float = 20.0,
     cookies: str | None = None,
     proxy: str | None = None,
 ) -> Fetched:
-    """Return the local video for a manifest row, downloading it once."""
+    """Return the local video for a manifest row, downloading it once. Errors are raised classified, at
+    once: retries and back-off belong to the caller's queue, so a failing source never holds a worker."""
     if row.kind == "path":
-        if not Path(row.source).is_file():
-            raise PermanentFetchError(row.source, "local file does not exist")
+        path = Path(row.source)
+        if path.is_dir():
+            raise PermanentFetchError(row.source, "is a folder, not a video file", "not_a_file")
+        if not path.is_file():
+            raise PermanentFetchError(row.source, "local file does not exist", "missing_file")
         return Fetched(row.source, 0.0, False)
 
     final = download_path(downloads, row)
@@ -144,7 +163,7 @@ def fetch_source(
     from yt_dlp.utils import DownloadError, download_range_func
 
     url = _url_for(row)
-    host = urlparse(url).hostname or "local"
+    host = host_key(url)
     tmp_dir = final.parent / (final.stem + ".part.d")
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
@@ -157,7 +176,7 @@ def fetch_source(
         "noplaylist": True,
         "retries": 0,  # the flow retries with back-off; yt-dlp's own retries would hide the error class
         "fragment_retries": 0,
-        "socket_timeout": 20,
+        "socket_timeout": timeout_s,
         "merge_output_format": "mp4",
         "overwrites": True,
         "cachedir": False,
@@ -172,20 +191,16 @@ def fetch_source(
     if proxy:
         opts["proxy"] = proxy
 
-    HOST_BACKOFF.wait(host)
     try:
         with yt_dlp.YoutubeDL(opts) as ydl:
             ydl.download([url])
     except DownloadError as e:
-        err = classify_download_error(row.source, _clean(str(e)))
-        if err.transient:
-            HOST_BACKOFF.penalise(host, backoff_s)
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise err from None
+        raise classify_download_error(row.source, _clean(str(e)), host) from None
     produced = sorted(p for p in tmp_dir.iterdir() if p.is_file() and not p.name.endswith((".part", ".ytdl")))
     if not produced:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise TransientFetchError(row.source, "yt-dlp finished without producing a file")
+        raise TransientFetchError(row.source, "yt-dlp finished without producing a file", "fetch_failed", host)
     os.replace(produced[0], final)
     shutil.rmtree(tmp_dir, ignore_errors=True)
     return Fetched(str(final), start if "download_ranges" in opts else 0.0, True)

@@ -61,7 +61,7 @@ class Manifest:
 def _read_records(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets save a BOM
             reader = csv.DictReader(f)
             records = []
             for rec in reader:
@@ -73,7 +73,7 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
             return records
     if suffix in (".jsonl", ".ndjson"):
         records = []
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -117,6 +117,8 @@ def classify_source(source: str, base: Path) -> tuple[SourceKind, str]:
     path = Path(source)
     if not path.is_absolute():
         path = (base / path).resolve()
+    if path.is_dir():
+        raise ValueError(f"source {path} is a folder, not a video file")
     if path.exists() or "/" in source or path.suffix:
         return "path", str(path)
     raise ValueError("source is not an 11-character YouTube ID, an http(s) URL, or an existing path")
@@ -128,6 +130,21 @@ def _default_source_id(kind: SourceKind, source: str) -> str:
     if kind == "url":
         return hashed_id(Path(source.split("?")[0]).stem or "url", source)
     return hashed_id(Path(source).stem, source)
+
+
+def _span_text(start: float | None, end: float | None) -> str:
+    return f"{start or 0:g}-{'end' if end is None else f'{end:g}'} s"
+
+
+def overlapping_row(rows: list[ManifestRow], source_id: str, start: float | None, end: float | None
+                    ) -> ManifestRow | None:
+    """The first earlier row of the same source id whose span overlaps [start, end) (None = open end).
+    Clip keys are `{source_id}-{start_ms}-{end_ms}`, so overlapping spans of one id could make one key twice."""
+    lo, hi = start or 0.0, math.inf if end is None else end
+    for r in rows:
+        if r.source_id == source_id and lo < (math.inf if r.end_s is None else r.end_s) and (r.start_s or 0.0) < hi:
+            return r
+    return None
 
 
 def read_manifest(path: str | Path) -> Manifest:
@@ -151,6 +168,7 @@ def read_manifest(path: str | Path) -> Manifest:
     rows: list[ManifestRow] = []
     seen_spans: dict[tuple[str, float | None, float | None], int] = {}
     seen_ids: dict[str, int] = {}
+    owner: dict[str, str] = {}  # source id -> the source it stands for
     base = path.parent
     for i, rec in enumerate(records, 1):
         source = str(rec.get("source") or "").strip()
@@ -181,11 +199,20 @@ def read_manifest(path: str | Path) -> Manifest:
             # Two spans of one source share the download; their ids must differ only when given.
             if user_id and source_id in seen_ids:
                 raise ValueError(f"id {source_id!r} already used by row {seen_ids[source_id]}")
+            source_id = safe_id(source_id, 64)
+            if owner.get(source_id, resolved) != resolved:
+                raise ValueError(f"id {source_id!r} already stands for another source ({owner[source_id]})")
+            clash = overlapping_row(rows, source_id, start, end)
+            if clash is not None:
+                raise ValueError(f"span {_span_text(start, end)} overlaps row {clash.row}'s span "
+                                 f"{_span_text(clash.start_s, clash.end_s)} of the same source: their clips would "
+                                 f"share keys; merge the two rows into one span, or give them different ids")
         except ValueError as e:
             problems.append(ManifestProblem(i, source, str(e)))
             continue
         seen_spans[span] = i
         if user_id:
             seen_ids[source_id] = i
-        rows.append(ManifestRow(i, resolved, kind, safe_id(source_id, 64), start, end))
+        owner[source_id] = resolved
+        rows.append(ManifestRow(i, resolved, kind, source_id, start, end))
     return Manifest(str(path), rows, problems)

@@ -14,8 +14,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shards.schema import STATUS_ERROR, STATUS_OK, STATUS_REJECTED, clip_key
-from shards.writer import TMP_SUFFIX, ShardLimits, ShardWriter
+from shards.atomic import remove_temp_files
+from shards.index import rows_to_table
+from shards.schema import INDEX_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_REJECTED, clip_key
+from shards.verify import Problem, check_shard, expected_clips
+from shards.writer import ShardLimits, ShardWriter, shard_glob, shard_temp_glob
 from tasks.decode import WindowOutcome, frame_geometry, segment_video
 from tasks.fetch import Fetched
 from tasks.manifest import ManifestRow
@@ -24,7 +27,11 @@ from tasks.shots import ShotParams, WindowParams
 from tasks.stage import ClipRejected, LabelStage
 from tasks import staging
 
-SPINE_VERSION = "1"  # bump when segment/pack output changes: invalidates cached work
+SPINE_VERSION = "2"  # bump when segment/pack output changes: invalidates cached work (2: frame_gap, digests)
+# Completion markers in a video's work folder (see tasks/staging.py for the layout).
+PROBE_MARKER = "probe.json"
+SEGMENT_MARKER = "segment.json"
+PACK_MARKER = "rows.json"
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,7 @@ def shard_prefix(row: ManifestRow) -> str:
 
 
 def run_probe(fetched: Fetched, workdir: Path) -> VideoInfo:
-    marker = workdir / "probe.json"
+    marker = workdir / PROBE_MARKER
     if marker.exists():
         data = staging.read_json(marker)
         if data.get("path") == fetched.path:
@@ -75,11 +82,12 @@ class SpanOutOfRange(Exception):
 def run_segment(
     row: ManifestRow, fetched: Fetched, info: VideoInfo, workdir: Path, params: SpineParams
 ) -> list[dict]:
-    marker = workdir / "segment.json"
+    marker = workdir / SEGMENT_MARKER
     fp = params.fingerprint()
     if marker.exists():
         data = staging.read_json(marker)
-        if data.get("fingerprint") == fp:
+        if data.get("fingerprint") == fp and all((workdir / "clips" / w["key"]).is_dir()
+                                                 for w in data["windows"] if w["status"] == STATUS_OK):
             return data["windows"]
     file_end = fetched.section_start_s + info.duration_s
     start = row.start_s if row.start_s is not None else fetched.section_start_s
@@ -88,7 +96,7 @@ def run_segment(
     end = row.end_s
     clips_dir = workdir / "clips"
     shutil.rmtree(clips_dir, ignore_errors=True)
-    clips_dir.mkdir(parents=True)
+    clips_dir.mkdir(parents=True, exist_ok=True)
     geom = frame_geometry(info)
     windows: list[dict] = []
 
@@ -199,8 +207,18 @@ def run_label_stage(stage: LabelStage, workdir: Path, windows: list[dict], fp: s
 
 # -- pack ----------------------------------------------------------------------------------------
 
-# Fault injection for the crash-safety test: slows packing so a SIGKILL lands mid-shard.
+# Fault injection for the crash-safety tests: slow packing so a SIGKILL lands mid-shard, or hold it
+# until a file appears (bounded) so a second run can be started against a run known to be mid-pack.
 _PACK_DELAY_S = float(os.environ.get("UNISH_FAULT_PACK_DELAY_S", "0") or 0)
+_PACK_WAIT_FILE = os.environ.get("UNISH_FAULT_PACK_WAIT_FILE", "")
+
+
+def _fault_pause() -> None:
+    if _PACK_DELAY_S:
+        time.sleep(_PACK_DELAY_S)
+    deadline = time.monotonic() + 120
+    while _PACK_WAIT_FILE and not Path(_PACK_WAIT_FILE).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def chain_fingerprint(params: SpineParams, stage_fps: list[str]) -> str:
@@ -213,41 +231,82 @@ def run_pack(
     row: ManifestRow, workdir: Path, windows: list[dict], families: list[str], shard_dir: Path, limits: ShardLimits,
     fingerprint: str = "",
 ) -> list[dict]:
-    """Write the video's ok clips to shards and return its index rows (also saved as rows.json)."""
-    marker = workdir / "rows.json"
+    """Write the video's ok clips to shards and return its index rows (also saved as rows.json, with the
+    shards' sizes and times for `shards_changed`)."""
+    marker = workdir / PACK_MARKER
     if marker.exists():
         saved = staging.read_json(marker)
         if saved.get("fingerprint") == fingerprint:
             return saved["rows"]
     prefix = shard_prefix(row)
     shard_dir = Path(shard_dir)
-    for stale in list(shard_dir.glob(f"{prefix}-*.tar")) + list(shard_dir.glob(f"{prefix}-*.tar{TMP_SUFFIX}")):
-        stale.unlink()  # a crash between shard close and rows.json: rewrite the video's shards whole
+    remove_temp_files(shard_dir, shard_temp_glob(prefix))
+    for stale in shard_dir.glob(shard_glob(prefix)):
+        stale.unlink()  # a crash between shard close and rows.json, or a repair: rewrite the video's shards whole
     rows: list[dict] = []
-    with ShardWriter(shard_dir, prefix, limits) as writer:
-        for w in windows:
-            clip_dir = workdir / "clips" / w["key"]
-            status = staging.clip_status(clip_dir) if clip_dir.exists() else w
-            out = {
-                "key": w["key"], "source": row.source, "source_id": row.source_id, "row": row.row,
-                "start_s": w["start_s"], "end_s": w["end_s"], "status": status["status"],
-                "reason": status.get("reason", ""), "message": status.get("message", ""),
-                "stats": json.dumps(status.get("stats", {}), sort_keys=True),
-            }
-            if status["status"] == STATUS_OK:
-                members = staging.sample_members(clip_dir, families)
-                meta = json.loads(members["meta.json"])
-                out["shard"] = writer.write(members)
-                out["bytes"] = writer.written[-1][2]
-                out["n_frames"] = len(staging.frame_files(clip_dir))
-                out["width"], out["height"] = meta["width"], meta["height"]
-                out["labels"] = json.dumps({f: meta["labels"][f].get("version") for f in families}, sort_keys=True)
-                if _PACK_DELAY_S:
-                    time.sleep(_PACK_DELAY_S)
-            rows.append(out)
+    try:
+        with ShardWriter(shard_dir, prefix, limits) as writer:
+            for w in windows:
+                clip_dir = workdir / "clips" / w["key"]
+                status = staging.clip_status(clip_dir) if clip_dir.exists() else w
+                out = {
+                    "key": w["key"], "source": row.source, "source_id": row.source_id, "row": row.row,
+                    "start_s": w["start_s"], "end_s": w["end_s"], "status": status["status"],
+                    "reason": status.get("reason", ""), "message": status.get("message", ""),
+                    "stats": json.dumps(status.get("stats", {}), sort_keys=True),
+                }
+                if status["status"] == STATUS_OK:
+                    out["n_frames"] = staging.check_complete(clip_dir)
+                    members = staging.sample_members(clip_dir, families)
+                    meta = json.loads(members["meta.json"])
+                    out["shard"] = writer.write(members)
+                    written = writer.written[-1]
+                    out["bytes"], out["members"], out["sha256"] = written.bytes, written.digest.members, written.digest.sha256
+                    out["width"], out["height"] = meta["width"], meta["height"]
+                    out["labels"] = json.dumps({f: meta["labels"][f].get("version") for f in families}, sort_keys=True)
+                    _fault_pause()
+                rows.append(out)
+    except staging.StagedClipDamaged:
+        (workdir / SEGMENT_MARKER).unlink(missing_ok=True)  # stage the video's clips again on the next run
+        raise
     if not any(r["status"] == STATUS_ERROR for r in rows):  # errors are retried by the next run
-        staging.write_json_atomic(marker, {"fingerprint": fingerprint, "rows": rows})
+        staging.write_json_atomic(marker, {"fingerprint": fingerprint, "rows": rows,
+                                           "shards": shard_stats(shard_dir, writer.shards)})
     return rows
+
+
+def shard_stats(shard_dir: Path, names: list[str]) -> dict[str, list[int]]:
+    """name -> [size, mtime_ns] of each shard as written: a later run compares them to notice a changed file."""
+    out = {}
+    for name in names:
+        st = (Path(shard_dir) / name).stat()
+        out[name] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def shards_changed(workdir: Path, shard_dir: Path, rows: list[dict], full: bool = False) -> list[Problem]:
+    """Problems of a finished video's shards: each shard whose size or time differs from what the pack
+    recorded (every shard with `full`) is checked against the video's index rows."""
+    try:
+        recorded: dict[str, list[int]] = staging.read_json(workdir / PACK_MARKER).get("shards", {})
+    except (OSError, ValueError):
+        recorded = {}  # nothing to compare with: check every shard
+    expected = expected_clips(rows_to_table(rows, INDEX_SCHEMA))
+    problems: list[Problem] = []
+    for name, clips in expected.items():
+        path = Path(shard_dir) / name
+        if not full and path.exists() and name in recorded:
+            st = path.stat()
+            if [st.st_size, st.st_mtime_ns] == recorded[name]:
+                continue
+        found, _ = check_shard(path, clips)
+        problems.extend(found)
+    return problems
+
+
+def forget_packed(workdir: Path) -> None:
+    """Make the next pack of this video rewrite its shards (after damage was found)."""
+    (workdir / PACK_MARKER).unlink(missing_ok=True)
 
 
 def video_row(row: ManifestRow, status: str, reason: str = "", message: str = "", info: VideoInfo | None = None,

@@ -16,6 +16,23 @@ class UnreadableVideo(Exception):
         self.message = message
 
 
+class TruncatedVideo(UnreadableVideo):
+    """The container promises more than the file holds (a cut copy or download with its index in front)."""
+
+    reason = "truncated"
+
+    def __init__(self, path: str, data_end_s: float, stated_s: float):
+        super().__init__(path, f"the file's data ends at {data_end_s:.2f} s of the {stated_s:.2f} s its container "
+                               f"states (cut short: an interrupted copy or download)")
+        self.data_end_s = data_end_s
+        self.stated_s = stated_s
+
+
+# A file counts as truncated when its packets end this much before the duration its container states:
+# more than container rounding and a missing last frame or two, far less than a lost window.
+TRUNCATION_SLACK_S = 0.5
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     path: str
@@ -39,6 +56,35 @@ def stream_start_s(stream: av.video.stream.VideoStream) -> float:
     if stream.start_time is None or stream.time_base is None:
         return 0.0
     return float(stream.start_time * stream.time_base)
+
+
+def packets_end_s(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                  check_from_s: float) -> float:
+    """The end time of the last packet the file really holds, relative to the stream's start. Reads only
+    from a seek near `check_from_s` when the data is there (demuxing, no decoding), else the whole file."""
+    t0 = stream_start_s(stream)
+    base = stream.start_time or 0
+
+    def scan() -> float:
+        end = float("-inf")
+        try:
+            for packet in container.demux(stream):
+                if packet.pts is not None:
+                    end = max(end, float((packet.pts + (packet.duration or 0)) * stream.time_base) - t0)
+        except (av.error.FFmpegError, EOFError):
+            pass  # the data stops: what was read is what the file holds
+        return end
+
+    if check_from_s > 0:
+        try:
+            container.seek(int(check_from_s / stream.time_base) + base, stream=stream, backward=True)
+            end = scan()
+            if end > check_from_s:
+                return end
+        except av.error.FFmpegError:
+            pass
+    container.seek(base, stream=stream, backward=True)
+    return max(scan(), 0.0)
 
 
 def probe_video(path: str | Path) -> VideoInfo:
@@ -73,6 +119,9 @@ def probe_video(path: str | Path) -> VideoInfo:
         rotation = int(round(getattr(first, "rotation", 0) or 0)) % 360
         if fps <= 0 or duration <= 0:
             raise UnreadableVideo(path, f"no usable frame rate or duration (fps={fps}, duration={duration})")
+        data_end = packets_end_s(container, stream, duration - 2.0)
+        if data_end < duration - TRUNCATION_SLACK_S - 2.0 / fps:
+            raise TruncatedVideo(path, data_end, duration)
         return VideoInfo(
             path=path,
             duration_s=duration,

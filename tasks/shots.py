@@ -27,10 +27,18 @@ class WindowParams:
     fps: float = WINDOW_FPS
     frames: int = WINDOW_FRAMES
     stride_s: float | None = None  # None: back-to-back windows
+    # Farthest a sampled frame may lie from its target time. The default, half the sampling interval,
+    # means each frame is nearer its own target than any neighbour's: a hole in the video (variable frame
+    # rate, dropped frames) or a source slower than `fps` repeats frames and is rejected as `frame_gap`.
+    max_frame_offset_s: float | None = None
 
     @property
     def stride(self) -> float:
         return self.stride_s if self.stride_s is not None else self.seconds
+
+    @property
+    def frame_offset_bound_s(self) -> float:
+        return self.max_frame_offset_s if self.max_frame_offset_s is not None else 0.5 / self.fps
 
     def frame_offsets(self) -> np.ndarray:
         return np.arange(self.frames, dtype=np.float64) / self.fps

@@ -9,13 +9,12 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from shards.atomic import atomic_path, write_bytes_atomic, write_json_atomic
 from shards.sample import decode_jpeg, decode_label_member, encode_jpeg, encode_json, label_members
 from shards.schema import STATUS_OK
 from tasks.stage import ClipWindow
@@ -24,27 +23,18 @@ STATUS_FILE = "status.json"
 META_FILE = "meta.json"
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, sort_keys=True, indent=1))
-    os.replace(tmp, path)
-
-
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
 def stage_window(clip_dir: Path, frames: np.ndarray, meta: dict, status: dict, jpeg_quality: int) -> None:
     """Write a clip folder under a temp name and rename it: it exists complete or not at all."""
-    tmp = clip_dir.with_name(clip_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for i, frame in enumerate(frames):
-        (tmp / f"frames.{i:03d}.jpg").write_bytes(encode_jpeg(frame, jpeg_quality))
-    (tmp / META_FILE).write_bytes(encode_json(meta))
-    write_json_atomic(tmp / STATUS_FILE, status)
-    shutil.rmtree(clip_dir, ignore_errors=True)
-    os.replace(tmp, clip_dir)
+    with atomic_path(clip_dir) as tmp:
+        tmp.mkdir(parents=True)
+        for i, frame in enumerate(frames):
+            (tmp / f"frames.{i:03d}.jpg").write_bytes(encode_jpeg(frame, jpeg_quality))
+        (tmp / META_FILE).write_bytes(encode_json(meta))
+        write_json_atomic(tmp / STATUS_FILE, status, fsync=False)
 
 
 def clip_status(clip_dir: Path) -> dict:
@@ -56,7 +46,20 @@ def set_clip_status(clip_dir: Path, status: dict) -> None:
 
 
 def frame_files(clip_dir: Path) -> list[Path]:
-    return sorted(clip_dir.glob("frames.*.jpg"))
+    return sorted(clip_dir.glob("frames.[0-9][0-9][0-9].jpg"))
+
+
+class StagedClipDamaged(RuntimeError):
+    """A staged clip folder lost files since it was written (it is staged again on the next run)."""
+
+
+def check_complete(clip_dir: Path) -> int:
+    """The clip's frame count, after checking it has every frame its meta.json lists."""
+    meta = read_json(clip_dir / META_FILE)
+    have, want = len(frame_files(clip_dir)), len(meta["frame_times_s"])
+    if have != want:
+        raise StagedClipDamaged(f"staged clip {clip_dir.name} has {have} of its {want} frames")
+    return have
 
 
 def load_labels(clip_dir: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict]]:
@@ -102,9 +105,7 @@ def write_labels(clip_dir: Path, family: str, entries: dict[str, Any], provenanc
     for old in clip_dir.glob(f"{family}.*"):
         old.unlink()
     for name, data in label_members({family: entries}).items():
-        tmp = clip_dir / (name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, clip_dir / name)
+        write_bytes_atomic(clip_dir / name, data, fsync=False)
     write_json_atomic(clip_dir / f"{family}.done", provenance)
 
 

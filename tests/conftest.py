@@ -41,7 +41,12 @@ def synthetic_videos(tmp_path_factory) -> dict[str, Path]:
     clean = d / "clean_11s.mp4"
     ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25:duration=11", "-c:v", "libx264",
            "-pix_fmt", "yuv420p", str(clean))
-    return {"cut": cut, "rotated": rotated, "clean": clean}
+    # Variable frame rate with a hole: no frame between 3.0 s and 6.4 s (a 3.4 s gap), one continuous shot.
+    gap = d / "gap_3s.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25:duration=11",
+           "-vf", "setpts='if(gte(T,3),PTS+3.4/TB,PTS)'", "-fps_mode", "passthrough", "-c:v", "libx264",
+           "-pix_fmt", "yuv420p", str(gap))
+    return {"cut": cut, "rotated": rotated, "clean": clean, "gap": gap}
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +58,13 @@ def bad_videos(tmp_path_factory, media) -> dict[str, Path]:
     (d / "truncated.mp4").write_bytes(data[: len(data) // 3])
     (d / "text.mp4").write_text("this is not a video\n" * 50)
     ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=3", "-c:a", "aac", str(d / "audio_only.mp4"))
+    # The index (moov) at the front, the data cut at 40%: it opens and states 20 s, but holds about 8.
+    whole = d / "faststart.mp4.src"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25:duration=20", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+           "-movflags", "+faststart", "-f", "mp4", str(whole))
+    data = whole.read_bytes()
+    (d / "truncated_front_index.mp4").write_bytes(data[: len(data) * 4 // 10])
+    whole.unlink()
     return {p.stem: p for p in d.iterdir()}
 
 
@@ -94,3 +106,37 @@ def copy_media(tmp_path, media):
         return dst
 
     return _copy
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """Mount a tmpfs of a given size (optionally read-only) under tmp_path: a real full or read-only disk.
+    Skipped, with the reason, where mounting is not allowed (it needs root or CAP_SYS_ADMIN)."""
+    mounted: list[Path] = []
+
+    def make(name: str, size_kb: int, read_only: bool = False) -> Path:
+        point = tmp_path / name
+        point.mkdir()
+        opts = f"size={size_kb}k" + (",ro" if read_only else "")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(point)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or 'mount failed'}): needs root or CAP_SYS_ADMIN")
+        mounted.append(point)
+        return point
+
+    yield make
+    for point in reversed(mounted):
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+@pytest.fixture
+def read_only_folder(tmp_path, small_tmpfs):
+    """A folder no process of ours can write: chmod where permissions bind (not root), else a read-only mount."""
+    if os.geteuid() != 0:
+        d = tmp_path / "read_only"
+        d.mkdir()
+        d.chmod(0o555)
+        yield d
+        d.chmod(0o755)
+        return
+    yield small_tmpfs("read_only", 1024, read_only=True)

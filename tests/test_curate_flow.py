@@ -33,6 +33,8 @@ def corpus(tmp_path_factory, media, synthetic_videos, bad_videos):
     for name in ("vtest_20s.mp4", "sports2d_demo.mp4"):
         shutil.copy(media / name, d / name)
     shutil.copy(synthetic_videos["cut"], d / "cut.mp4")
+    shutil.copy(synthetic_videos["gap"], d / "gap.mp4")
+    (d / "a_folder.mp4").mkdir()
     for name, path in bad_videos.items():
         shutil.copy(path, d / path.name)
     return d
@@ -53,6 +55,9 @@ def write_manifest(d: Path, url) -> Path:
         f"{url('/files/v.mp4')},6,11,web",       # 10: downloaded section, 1 window
         f"{url('/missing.mp4')},,,gone",         # 11: 404, permanent
         f"{url('/flaky/1/v.mp4')},0,5,flaky",    # 12: one reset, then retried and fine
+        "truncated_front_index.mp4,,,cutshort",  # 13: opens, states 20 s, holds 8: error truncated
+        "a_folder.mp4,,,folder",                 # 14: manifest error: a folder is not a video
+        "gap.mp4,,,gap",                         # 15: a 3.4 s hole: both windows rejected frame_gap
     ]
     m = d / "manifest.csv"
     m.write_text("\n".join(lines) + "\n")
@@ -85,6 +90,9 @@ def test_good_rows_written_bad_rows_recorded(curated):
     assert v[10]["status"] == "ok" and v[10]["n_ok"] == 1
     assert v[11]["status"] == "error" and v[11]["reason"] == "unavailable" and "404" in v[11]["message"]
     assert v[12]["status"] == "ok" and v[12]["n_ok"] == 1
+    assert v[13]["status"] == "error" and v[13]["reason"] == "truncated" and "container states" in v[13]["message"]
+    assert v[14]["reason"] == "manifest" and "is a folder" in v[14]["message"]
+    assert v[15]["status"] == "ok" and v[15]["n_windows"] == 2 and v[15]["n_ok"] == 0
     assert hits["/missing.mp4"] == 1  # permanent: never retried
     assert hits["/flaky/1/v.mp4"] >= 2  # transient: retried
 
@@ -115,9 +123,10 @@ def test_shards_read_back_exactly_the_ok_clips(curated):
 def test_funnel_counts(curated):
     out, _, _ = curated
     f = compute_funnel(*read_index(out))
-    assert f.videos_in == 12
-    assert f.videos_error == {"unreadable": 4, "manifest": 2, "span_out_of_range": 1, "unavailable": 1}
-    assert f.rejected == {"cut": 1}
+    assert f.videos_in == 15
+    assert f.videos_error == {"unreadable": 4, "manifest": 3, "span_out_of_range": 1, "unavailable": 1,
+                              "truncated": 1}
+    assert f.rejected == {"cut": 1, "frame_gap": 2}
     assert f.clips_written == 7
 
 

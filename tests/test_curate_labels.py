@@ -159,7 +159,8 @@ def paper_run(tmp_path_factory, media, prefect_api):
 
 
 def test_paper_chain_writes_every_label_family(paper_run):
-    assert paper_run["result"] == {"videos": 1, "clips": 1, "ok": 1}
+    assert {k: paper_run["result"][k] for k in ("videos", "clips", "ok", "skipped")} == \
+        {"videos": 1, "clips": 1, "ok": 1, "skipped": 0}
     row, (clip,) = read_back(paper_run["out"])
     assert clip.frames.shape == (T, H, W, 3) and clip.meta["frame_times_s"] == [0.0, 0.166667, 0.333333, 0.5]
     subject = np.array([r["box"] for r in json.loads(BOXES.read_text())["subject"]], np.float64)
@@ -196,7 +197,8 @@ def test_paper_chain_rerun_does_no_work(paper_run, media):
     before = snapshot(out)
     index_before = pq.read_table(out / "index.parquet")
     manifest = paper_run["d"] / "manifest.csv"
-    assert run_curate(manifest, out, paper_run["config"]) == paper_run["result"]
+    again = run_curate(manifest, out, paper_run["config"])
+    assert again == {**paper_run["result"], "skipped": 1, "tables_written": False}
     assert snapshot(out) == before  # no shard, staged label or marker rewritten
     assert pq.read_table(out / "index.parquet").equals(index_before)
 

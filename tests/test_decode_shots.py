@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tasks.decode import frame_geometry, segment_video
-from tasks.probe import UnreadableVideo, probe_video
+from tasks.probe import TruncatedVideo, UnreadableVideo, probe_video
 from tasks.shots import WindowParams, cut_inside, plan_windows
 
 
@@ -79,3 +79,25 @@ def test_bad_files_are_unreadable_with_the_decoders_message(bad_videos, name, ne
         probe_video(bad_videos[name])
     assert str(bad_videos[name]) in str(e.value)
     assert needle in e.value.message
+
+
+def test_a_hole_in_the_video_rejects_the_windows_it_falls_in(synthetic_videos):
+    _, _, out = outcomes(synthetic_videos["gap"])
+    assert [(o.start_s, o.status, o.reason) for o in out] == [(0.0, "rejected", "frame_gap"),
+                                                             (5.0, "rejected", "frame_gap")]
+    assert out[0].stats["max_sample_offset_s"] > 1.0 and out[0].stats["bound_s"] == pytest.approx(0.5 / 6)
+    assert "hole" in out[0].message
+    # After the hole the frames are back at 25 fps: the window is fine, every frame near its time.
+    _, _, after = outcomes(synthetic_videos["gap"], span=(6.5, None))
+    assert [o.status for o in after] == ["ok"] and after[0].stats["max_sample_offset_s"] <= 0.5 / 25 + 1e-6
+    # The bound is a parameter: a loose one lets the repeated frames through.
+    _, _, loose = outcomes(synthetic_videos["gap"], windows=WindowParams(max_frame_offset_s=2.0))
+    assert [o.status for o in loose] == ["ok", "ok"]
+
+
+def test_a_file_cut_short_behind_its_index_is_truncated(bad_videos):
+    with pytest.raises(TruncatedVideo) as e:
+        probe_video(bad_videos["truncated_front_index"])
+    assert e.value.reason == "truncated" and e.value.stated_s == pytest.approx(20.0)
+    assert 3.0 < e.value.data_end_s < 15.0  # 40% of the bytes: well inside the stated 20 s
+    assert "container states" in e.value.message

@@ -82,3 +82,42 @@ def test_unknown_format(tmp_path):
     p.write_text("x")
     with pytest.raises(ValueError, match="unsupported format"):
         read_manifest(p)
+
+
+def test_a_byte_order_mark_is_read(tmp_path):
+    p = tmp_path / "m.csv"
+    p.write_bytes("source,start,end\ndQw4w9WgXcQ,1,6\n".encode("utf-8-sig"))
+    m = read_manifest(p)
+    assert m.problems == [] and [r.source for r in m.rows] == ["dQw4w9WgXcQ"]
+    j = tmp_path / "m.jsonl"
+    j.write_bytes((json.dumps({"source": "dQw4w9WgXcQ"}) + "\n").encode("utf-8-sig"))
+    assert len(read_manifest(j).rows) == 1
+
+
+def test_a_folder_is_not_a_video(tmp_path):
+    (tmp_path / "videos").mkdir()
+    m = read_manifest(write_csv(tmp_path, "source\nvideos\n"))
+    assert m.rows == [] and "is a folder, not a video file" in m.problems[0].reason
+
+
+def test_overlapping_spans_of_one_source_are_rejected_naming_the_other_row(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    m = read_manifest(write_csv(tmp_path, "source,start,end,id\n"
+                                "a.mp4,0,10,\n"      # 1 ok
+                                "a.mp4,0,5,\n"       # 2 inside row 1
+                                "a.mp4,10,15,\n"     # 3 touches row 1: no shared window, ok
+                                "a.mp4,12,,\n"       # 4 open end overlaps row 3
+                                "a.mp4,0,5,part\n"))  # 5 its own id: its keys differ, ok
+    assert [r.row for r in m.rows] == [1, 3, 5]
+    reasons = {p.row: p.reason for p in m.problems}
+    assert "overlaps row 1's span 0-10 s" in reasons[2]
+    assert "overlaps row 3's span 10-15 s" in reasons[4]
+    keys = {(r.source_id, r.span_tag) for r in m.rows}
+    assert len(keys) == 3
+
+
+def test_an_id_cannot_stand_for_two_sources(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    m = read_manifest(write_csv(tmp_path, "source,id\ndQw4w9WgXcQ,\na.mp4,dQw4w9WgXcQ\n"))
+    assert [r.row for r in m.rows] == [1]
+    assert "already stands for another source" in m.problems[0].reason

@@ -50,7 +50,7 @@ def test_partial_shard_is_never_visible(tmp_path):
     w = ShardWriter(tmp_path, "vid")
     w.write(encode_sample(make_sample(0)))
     assert shard_urls(tmp_path) == []  # still a temp file
-    assert (tmp_path / "vid-0000.tar.tmp").exists()
+    assert [p.name.startswith("vid-0000.") and p.name.endswith(".tar.tmp") for p in tmp_path.iterdir()] == [True]
     w.abort()
     assert list(tmp_path.iterdir()) == []
 
