@@ -38,6 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shards.index import INDEX_FILE
+from shards.runfolder import RunLocked, check_unlocked, run_lock
 from shards.sample import ClipSample
 from shards.schema import STATUS_ERROR, STATUS_OK, STATUS_REJECTED
 from shards.sidecar import (
@@ -224,6 +225,11 @@ def prepare_version(out_dir: Path, config: RelabelConfig) -> tuple[str, dict[str
 
 @flow(name="relabel", log_prints=False, validate_parameters=True)
 def relabel_flow(out: str, config: RelabelConfig) -> dict:
+    with run_lock(Path(out), f"unish relabel {config.stage_name}"):  # one writer per run folder
+        return _relabel_locked(out, config)
+
+
+def _relabel_locked(out: str, config: RelabelConfig) -> dict:
     out_dir = Path(out)
     version, info = prepare_version(out_dir, config)
     shards = main_shards(out_dir)
@@ -282,7 +288,12 @@ def relabel(
     if not (out / INDEX_FILE).exists():
         console.print(f"[red]{out} is not a curated output: missing {INDEX_FILE}[/red]")
         raise typer.Exit(2)
-    summary = run_relabel(out, config)
+    try:
+        check_unlocked(out)  # fail before Prefect starts; the flow takes the lock itself
+        summary = run_relabel(out, config)
+    except RunLocked as e:
+        console.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     if as_json:
         typer.echo(json.dumps(summary, sort_keys=True))
         return

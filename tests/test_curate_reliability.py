@@ -278,3 +278,22 @@ def test_a_full_disk_stops_the_run_leaves_no_temporary_file_and_a_rerun_finishes
     run_curate(manifest, disk / "run", config)
     run_curate(manifest, tmp_path / "clean", config)
     same_run(disk / "run", tmp_path / "clean")
+
+
+def test_relabel_is_refused_while_another_process_writes_the_run(curated_run):
+    from flows.relabel import RelabelConfig, run_relabel
+    from shards.runfolder import RunLocked
+
+    _, out, _ = curated_run
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom shards.runfolder import run_lock\n"
+                               "with run_lock(sys.argv[1], 'unish curate m.csv'):\n    print('locked', flush=True)\n"
+                               "    time.sleep(60)\n", str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLocked, match=f"pid {holder.pid}"):
+            run_relabel(out, RelabelConfig(stage="depth", backend="none"))
+        assert not (out / "labels").exists()  # refused before any version folder was made
+    finally:
+        holder.kill()
+        holder.wait()
