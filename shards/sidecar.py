@@ -35,7 +35,7 @@ from shards.sample import ClipSample, decode_sample, encode_json, label_members
 from shards.schema import STATUS_OK, empty_row
 from shards.atomic import TMP_SUFFIX, fsync_file, remove_temp_files, temp_path, write_json_atomic
 from shards.reader import iter_members
-from shards.verify import raw_samples
+from shards.tario import raw_samples
 from shards.writer import FIXED_MTIME  # a sidecar's bytes depend on its samples alone
 
 LABELS_DIR = "labels"

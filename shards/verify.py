@@ -28,11 +28,11 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import webdataset as wds
 
 from shards.atomic import TMP_SUFFIX
 from shards.index import INDEX_FILE
 from shards.sample import sample_digest
+from shards.tario import is_url, raw_samples
 from shards.schema import STATUS_OK
 
 SHARD_DIR = "shards"
@@ -87,7 +87,7 @@ def expected_clips(index: pa.Table) -> dict[str, dict[str, ExpectedClip]]:
 def index_for_shard(url: str) -> Path | None:
     """`<run>/index.parquet` for a local shard `<run>/shards/<name>.tar`, if there is one."""
     path = Path(url)
-    if "://" in url or path.parent.name != SHARD_DIR:
+    if is_url(url) or path.parent.name != SHARD_DIR:
         return None
     index = path.parent.parent / INDEX_FILE
     return index if index.exists() else None
@@ -104,13 +104,6 @@ def check_members(members: Mapping[str, Any], expected: ExpectedClip, shard: str
         return Problem("damaged", shard, expected.key,
                        f"content differs from the index (sha256 {digest.sha256[:12]}, indexed {expected.sha256[:12]})")
     return None
-
-
-def raw_samples(url: str) -> Iterator[dict[str, Any]]:
-    """One shard's samples as WebDataset groups them (bytes values), unchecked."""
-    dataset = wds.WebDataset([url], shardshuffle=False, empty_check=False)
-    for members in dataset:
-        yield {k: v for k, v in members.items() if k not in ("__url__", "__local_path__")}
 
 
 def tar_structure_problem(path: Path) -> str | None:
@@ -175,7 +168,7 @@ def iter_checked_samples(url: str, expected: Mapping[str, ExpectedClip] | None,
     if expected is not None:
         lost = [k for k in expected if k not in seen]
         if lost:
-            why = tar_structure_problem(Path(url)) if "://" not in url and Path(url).exists() else None
+            why = tar_structure_problem(Path(url)) if not is_url(url) and Path(url).exists() else None
             shown = ", ".join(lost[:3]) + (f" and {len(lost) - 3} more" if len(lost) > 3 else "")
             on_problem(Problem("missing_clip", shard, lost[0],
                                f"{len(lost)} of {len(expected)} indexed clips are not in the shard ({shown})"
@@ -264,5 +257,5 @@ def shard_urls_checked(urls: Sequence[str]) -> list[tuple[str, Mapping[str, Expe
 
 
 __all__ = ["ExpectedClip", "Problem", "ShardDamaged", "VerifyReport", "check_members", "check_shard",
-           "expected_clips", "index_for_shard", "iter_checked_samples", "raise_problem", "raw_samples", "shard_urls_checked",
+           "expected_clips", "index_for_shard", "iter_checked_samples", "raise_problem", "shard_urls_checked",
            "tar_structure_problem", "verify_run"]
