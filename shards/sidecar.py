@@ -24,7 +24,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -35,7 +35,7 @@ from shards.sample import ClipSample, decode_sample, encode_json, label_members
 from shards.schema import STATUS_OK, empty_row
 from shards.atomic import TMP_SUFFIX, fsync_file, remove_temp_files, temp_path, write_json_atomic
 from shards.reader import iter_members
-from shards.tario import raw_samples
+from shards.tario import is_url, raw_samples
 from shards.writer import FIXED_MTIME  # a sidecar's bytes depend on its samples alone
 
 LABELS_DIR = "labels"
@@ -313,32 +313,52 @@ def iter_clips_with_labels(
         urls = sorted(str(p) for p in (out_dir / SHARD_DIR).glob("*.tar"))
     for url in urls:
         shard = Path(url).name
-        cursors = {f: _SidecarCursor(sidecar_path(out_dir, f, v, shard))
-                   for f, v in chosen.items() if sidecar_path(out_dir, f, v, shard).exists()}
-        for members in iter_members(url):
-            key = members["__key__"]
-            lacking: list[str] = []
-            for family in chosen:
-                side = cursors[family].take(key) if family in cursors else None
-                if side is None:
-                    lacking.append(family)
-                    members = drop_family(members, family)
-                else:
-                    members = merge_members(members, family, side)
+        sidecars = {f: sidecar_path(out_dir, f, v, shard) for f, v in chosen.items()}
+        for members, lacking in with_label_versions(iter_members(url), url, sidecars):
             if lacking and missing == "raise":
                 where = ", ".join(f"{f}/{chosen[f]}" for f in lacking)
-                raise KeyError(f"clip {key!r} ({shard}) has no label in version {where}")
+                raise KeyError(f"clip {members['__key__']!r} ({shard}) has no label in version {where}")
             if lacking and missing == "skip":
                 continue
             yield decode_sample(members)
-        for cursor in cursors.values():
-            if cursor.leftover() is not None:
-                raise ValueError(f"{cursor.path}: sample {cursor.leftover()!r} is not (or not in order) in {url}")
+
+
+def with_label_versions(samples: Iterable[dict[str, Any]], url: str, sidecars: Mapping[str, str | Path]
+                        ) -> Iterator[tuple[dict[str, Any], list[str]]]:
+    """Each main sample of the shard `url` merged with its family's entries from the sidecar shards given
+    (family -> sidecar shard path or URL); yields (members, families the sidecars had no label for). A
+    sidecar that does not exist (an unfinished version) lacks every clip. Walk the whole shard: a sidecar
+    holds a subset of the main shard's keys in the same order."""
+    cursors = {f: _SidecarCursor(Path(p) if not is_url(p) else p) for f, p in sidecars.items() if _exists(p)}
+    for members in samples:
+        key = members["__key__"]
+        lacking: list[str] = []
+        for family in sidecars:
+            side = cursors[family].take(key) if family in cursors else None
+            if side is None:
+                lacking.append(family)
+                members = drop_family(members, family)
+            else:
+                members = merge_members(members, family, side)
+        yield members, lacking
+    for cursor in cursors.values():
+        if cursor.leftover() is not None:
+            raise ValueError(f"{cursor.path}: sample {cursor.leftover()!r} is not (or not in order) in {url}")
+
+
+def _exists(path: str | Path) -> bool:
+    if not is_url(path):
+        return Path(path).exists()
+    import fsspec
+
+    fs, inner = fsspec.core.url_to_fs(str(path))
+    return fs.exists(inner)
 
 
 __all__ = [
     "LABELS_DIR", "LABELS_FILE", "LABELS_SCHEMA", "MAIN_VERSION", "LabelVersion", "SidecarWriter",
     "check_family", "check_version", "collect_label_rows", "drop_family", "iter_clips_with_labels", "list_label_versions",
+    "with_label_versions",
     "main_shards", "merge_members", "read_labels_table", "read_version_info", "rows_path", "sidecar_members",
     "sidecar_path", "version_dir", "version_id", "write_json_atomic", "write_labels_table",
 ]

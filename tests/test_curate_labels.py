@@ -26,6 +26,7 @@ from flows.params import CurateConfig
 from shards import depth_codec
 from shards.index import read_index
 from shards.reader import iter_clips, shard_urls
+from shards.runfolder import LOCK_FILE
 from tasks.masks import unpack_masks
 from unish_model.body import write_synthetic_body_model
 from unish_model.convert.camerahmr import smpl_head_key, vit_key
@@ -75,9 +76,9 @@ def sha256(path: Path) -> str:
 
 
 def snapshot(out: Path) -> dict[str, tuple[int, str]]:
-    """Every file the run wrote except the index tables (rewritten from the saved rows on each run)."""
+    """Every file the run wrote, tables included, except the run lock (each writer leaves its record there)."""
     return {str(p.relative_to(out)): (p.stat().st_mtime_ns, sha256(p)) for p in sorted(out.rglob("*"))
-            if p.is_file() and p.parent != out}
+            if p.is_file() and p.name != LOCK_FILE}
 
 
 def curate(d: Path, media: Path, stages: list[str], params: dict) -> tuple[Path, dict, CurateConfig]:

@@ -22,6 +22,7 @@ from flows.curate import run_curate
 from flows.params import CurateConfig
 from flows.relabel import RelabelConfig, run_relabel
 from shards.reader import iter_clips, shard_urls
+from shards.runfolder import LOCK_FILE
 from shards.sample import decode_npy
 from shards.sidecar import (
     LABELS_FILE, MAIN_VERSION, iter_clips_with_labels, list_label_versions, read_labels_table, sidecar_path,
@@ -61,8 +62,9 @@ def relabel_copy(curated: Path, dest: Path) -> Path:
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file with its time and bytes, except the run lock (each writer leaves its record there)."""
     return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != LOCK_FILE}
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +127,8 @@ def test_same_relabel_twice_writes_nothing(relabelled):
 
 
 def test_new_version_keeps_the_old_one_readable(relabelled, tmp_path):
-    out, first = relabelled
+    shared, first = relabelled
+    out = Path(shutil.copytree(shared, tmp_path / "out"))  # the shared fixture stays one version (any test order)
     old = {c.key: (c.labels["keypoints"], c.meta["labels"]["keypoints"])
            for c in iter_clips_with_labels(out, {"keypoints": first["version"]})}
     # Different parameters: a different version. Crops need people boxes this output lacks, so the stage
