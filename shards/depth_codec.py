@@ -125,12 +125,19 @@ def quantise(depth: np.ndarray, valid: np.ndarray | None = None,
     return codes, log_lo, step
 
 
+def code_table(log_lo: float, step: float) -> np.ndarray:
+    """(65536,) float32: the depth of every code (0 for the invalid code 0)."""
+    with np.errstate(over="ignore"):  # codes past the clip's range are never looked up
+        table = np.exp(log_lo + (np.arange(MAX_CODE + 1, dtype=np.float64) - 1.0) * step).astype(np.float32)
+    table[INVALID_CODE] = 0.0
+    return table
+
+
 def dequantise(codes: np.ndarray, log_lo: float, step: float) -> tuple[np.ndarray, np.ndarray]:
     """(depth float32 with 0 where invalid, valid bool) from codes."""
-    valid = codes != INVALID_CODE
-    depth = np.zeros(codes.shape, np.float32)
-    depth[valid] = np.exp(log_lo + (codes[valid].astype(np.float64) - 1.0) * step).astype(np.float32)
-    return depth, valid
+    # One float64 exp per possible code (a table) instead of one per pixel: the same values, a gather
+    # instead of a transcendental per pixel.
+    return np.take(code_table(log_lo, step), codes), codes != INVALID_CODE
 
 
 def _filter_and_deflate(codes: np.ndarray) -> bytes:
@@ -141,7 +148,9 @@ def _filter_and_deflate(codes: np.ndarray) -> bytes:
     return zlib.compress(planes.tobytes(), ZLIB_LEVEL)
 
 
-def _inflate_and_unfilter(payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
+def inflate_planes(payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """(2, T, H, W) uint8: the high-byte and low-byte planes of the row-delta codes (the zlib half of
+    decoding: what a CPU must do; `unfilter` and the code table are elementwise and can run anywhere)."""
     n = int(np.prod(shape))
     try:
         raw = zlib.decompress(payload)
@@ -149,9 +158,13 @@ def _inflate_and_unfilter(payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
         raise ValueError(f"depth payload is not valid zlib data: {e}") from e
     if len(raw) != 2 * n:
         raise ValueError(f"depth payload holds {len(raw)} bytes, shape {list(shape)} needs {2 * n}")
-    planes = np.frombuffer(raw, np.uint8).reshape((2, *shape))
+    return np.frombuffer(raw, np.uint8).reshape((2, *shape))
+
+
+def unfilter(planes: np.ndarray) -> np.ndarray:
+    """Codes (T,H,W) uint16 from the (2,T,H,W) delta planes."""
     delta = (planes[0].astype(np.uint16) << 8) | planes[1]
-    return np.cumsum(delta, axis=-1, dtype=np.uint64).astype(np.uint16)  # mod 2**16 undoes the wrap
+    return np.cumsum(delta, axis=-1, dtype=np.uint16)  # uint16 sums wrap mod 2**16, which undoes the filter's wrap
 
 
 def encode(depth: np.ndarray, valid: np.ndarray | None = None,
@@ -164,13 +177,18 @@ def encode(depth: np.ndarray, valid: np.ndarray | None = None,
     return EncodedDepth(_filter_and_deflate(codes), shape, log_lo, step, error_bound(step))  # type: ignore[arg-type]
 
 
-def decode(payload: bytes, header: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(depth float32 (T,H,W), 0 where invalid; valid bool (T,H,W)) from a payload and its header."""
+def header_shape(header: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(T, H, W) of a payload, after checking this reader knows its codec."""
     if header.get("name") != CODEC_NAME or int(header.get("version", -1)) != CODEC_VERSION:
         raise ValueError(f"unknown depth codec {header.get('name')!r} v{header.get('version')}; "
                          f"this reader knows {CODEC_NAME} v{CODEC_VERSION}")
-    shape = tuple(int(s) for s in header["shape"])
-    codes = _inflate_and_unfilter(bytes(payload), shape)
+    t, h, w = (int(s) for s in header["shape"])
+    return t, h, w
+
+
+def decode(payload: bytes, header: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(depth float32 (T,H,W), 0 where invalid; valid bool (T,H,W)) from a payload and its header."""
+    codes = unfilter(inflate_planes(bytes(payload), header_shape(header)))
     return dequantise(codes, float(header["log_lo"]), float(header["step"]))
 
 
@@ -231,14 +249,18 @@ __all__ = [
     "DepthLabel",
     "EncodedDepth",
     "absent_entries",
+    "code_table",
     "decode",
     "dequantise",
     "encode",
     "error_bound",
     "from_entries",
     "has_depth",
+    "header_shape",
+    "inflate_planes",
     "quantise",
     "step_for",
     "to_entries",
+    "unfilter",
     "valid_pixels",
 ]

@@ -13,6 +13,16 @@ WINDOW_FRAMES = 30
 MODEL_LONG_SIDE = 518
 MODEL_SHORT_SIDE = 294
 
+# Label families (member prefixes) that training reads; each family's entries are described where it is
+# written: people (tasks/people), masks (shards/mask_codec), depth (shards/depth_codec), keypoints
+# (tasks/keypoints); gt and gt_depth by the BEDLAM converter (synthetic ground truth, see unish_model/train/data.py).
+PEOPLE = "people"
+MASKS = "masks"
+DEPTH = "depth"
+KEYPOINTS = "keypoints"
+GT = "gt"
+GT_DEPTH = "gt_depth"
+
 STATUS_OK = "ok"
 STATUS_REJECTED = "rejected"
 STATUS_ERROR = "error"

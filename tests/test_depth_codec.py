@@ -144,3 +144,12 @@ def test_absent_depth_is_refused_with_the_reason():
         dc.from_entries(entries, key="k-1", needed_by="stage 1")
     with pytest.raises(dc.DepthAbsent, match="no depth labels"):
         dc.from_entries(None, key="k-2")
+
+
+def test_dequantise_equals_the_per_pixel_formula_bit_for_bit():
+    from shards.depth_codec import dequantise
+
+    codes = np.random.default_rng(3).integers(0, 4000, (3, 17, 23)).astype(np.uint16)
+    depth, valid = dequantise(codes, log_lo=-0.7, step=2 * np.log1p(1e-3))
+    want = np.where(codes > 0, np.exp(-0.7 + (codes.astype(np.float64) - 1.0) * 2 * np.log1p(1e-3)), 0).astype(np.float32)
+    assert np.array_equal(depth, want) and np.array_equal(valid, codes > 0) and depth.dtype == np.float32

@@ -1,0 +1,1 @@
+"""Training UniSH: clips streamed from shards (`data`, `sources`), and the loop."""
