@@ -1,6 +1,7 @@
 """The `unish` command line."""
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Optional
@@ -129,7 +130,7 @@ def _run_with_progress(manifest: Path, out: Path, config) -> None:
 def inspect(
     out: Path = typer.Argument(..., help="a curated output folder"),
     samples: int = typer.Option(3, help="clips to read back through the shard reader"),
-    as_json: bool = typer.Option(False, "--json", help="print the funnel as JSON"),
+    as_json: bool = typer.Option(False, "--json", help="print the funnel and the clips read back as JSON"),
 ) -> None:
     """Print the funnel from the index and read a few clips back from the shards."""
     from flows.report import print_funnel
@@ -139,28 +140,29 @@ def inspect(
     try:
         index, videos = read_index(out)
     except FileNotFoundError as e:
-        console.print(f"[red]{e}[/red]")
+        _say_error(str(e))
         raise typer.Exit(2) from None
     funnel = compute_funnel(index, videos)
-    if as_json:
-        typer.echo(json.dumps({k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(funnel).items()}))
-    else:
-        print_funnel(funnel, Console())
     ok = [r for r in index.to_pylist() if r["status"] == "ok"]
     shards = sorted({r["shard"] for r in ok})
-    table = Table(title="clips read back", header_style="bold")
-    for col in ("key", "frames", "size", "labels", "seconds"):
-        table.add_column(col)
-    read = 0
-    for clip in iter_clips([str(Path(out) / "shards" / s) for s in shards]):
-        if read >= samples:
-            break
-        table.add_row(clip.key, str(clip.frames.shape[0]), f"{clip.frames.shape[2]}x{clip.frames.shape[1]}",
-                      ",".join(sorted(clip.labels)) or "-", f"{clip.meta['start_s']:.2f}-{clip.meta['end_s']:.2f}")
-        read += 1
-    if not as_json:
+    read_back = []
+    for clip in itertools.islice(iter_clips([str(Path(out) / "shards" / s) for s in shards]), samples):
+        read_back.append({"key": clip.key, "frames": int(clip.frames.shape[0]), "width": int(clip.frames.shape[2]),
+                          "height": int(clip.frames.shape[1]), "labels": sorted(clip.labels),
+                          "start_s": clip.meta["start_s"], "end_s": clip.meta["end_s"]})
+    if as_json:
+        counts = {k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(funnel).items()}
+        typer.echo(json.dumps({"funnel": counts, "read_back": read_back}, sort_keys=True))
+    else:
+        print_funnel(funnel, Console())
+        table = Table(title="clips read back", header_style="bold")
+        for col in ("key", "frames", "size", "labels", "seconds"):
+            table.add_column(col, overflow="fold")
+        for c in read_back:
+            table.add_row(c["key"], str(c["frames"]), f"{c['width']}x{c['height']}", ",".join(c["labels"]) or "-",
+                          f"{c['start_s']:.2f}-{c['end_s']:.2f}")
         Console().print(table)
-    if ok and read == 0:
+    if ok and not read_back:
         console.print("[red]the index lists clips but none could be read back[/red]")
         raise typer.Exit(1)
 

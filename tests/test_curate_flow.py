@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -192,10 +193,13 @@ def test_sigkill_mid_pack_then_rerun_equals_uninterrupted(tmp_path, media, prefe
 
 def test_cli_inspect_reads_back(curated):
     out, _, _ = curated
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "inspect", str(out), "--samples", "2"], cwd=REPO,
-                       capture_output=True, text=True, check=True)
-    assert "clips written" in r.stdout and "clips read back" in r.stdout
-    assert "vtest-000000000-000005000" in r.stdout or "cut-000005000-000010000" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "inspect", str(out), "--samples", "2", "--json"],
+                       cwd=REPO, capture_output=True, text=True, check=True)
+    report = json.loads(r.stdout)
+    assert report["funnel"]["clips_written"] == 7
+    index_keys = {row["key"] for row in read_index(out)[0].to_pylist() if row["status"] == "ok"}
+    assert len(report["read_back"]) == 2 and {c["key"] for c in report["read_back"]} <= index_keys
+    assert all((c["frames"], c["width"], c["height"]) == (30, 518, 294) for c in report["read_back"])
     bad = subprocess.run([sys.executable, "-m", "flows.cli", "inspect", str(out / "nope")], cwd=REPO,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "missing index.parquet" in " ".join(bad.stderr.split())
