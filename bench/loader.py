@@ -1,17 +1,24 @@
-"""Throughput of the training loader on stage-1 batches, against reading and JPEG-decoding the same members.
+"""Throughput of the training loader on stage-1 batches, against reading and decoding the same members.
 
-Curates a real run first (vtest looped to `--seconds`, 5 s windows of 30 frames at 518x294, with the tests'
-cheap synthetic masks/depth/keypoints stages, so every stage-1 family is stored in its real format), then:
+Curates a real run first (vtest looped to `--seconds`, 5 s windows of 30 frames at 518x294, labelled by the
+tests' cheap synthetic masks/depth/keypoints stages, so every stage-1 family is stored in its real format and
+the depth is as smooth, and as compressible, as a real depth map), then, on the same shards:
 
-  raw      one process reads every shard's tar members and JPEG-decodes every frame (cv2), nothing else
-  loader   ClipLoader(stage=1, device cpu): digests checked against the index; in the worker JPEG and zlib
-           (depth planes, mask bits) straight into batches of 2; in this process the expansion (frames to
-           float32 (T,3,H,W), depth through its code table, mask bits); 1 and 2 DataLoader workers, after a
-           warm-up epoch. On a GPU the expansion runs there instead (`device="cuda"`).
+  raw JPEG        one process reads every shard's tar members and JPEG-decodes every frame (cv2); nothing else
+  raw + labels    the same, plus the zlib half of the stage-1 labels (depth planes, mask bits): the decoding
+                  a CPU cannot hand to a GPU
+  loader (GPU)    ClipLoader's workers as a GPU run uses them (LoaderConfig(device="cuda")): digests checked,
+                  shuffle buffer, stage filter, shape buckets, JPEG and zlib straight into compact batches of 2;
+                  the elementwise rest happens on the GPU and is not timed here
+  loader (CPU)    ClipLoader(device="cpu"), training on the CPU: the workers also finish the batch (frames to
+                  float32 (T,3,H,W), depth through its code table, masks unpacked)
+
+Each loader row runs after a warm-up epoch (workers started, files in the page cache).
 
     .venv/bin/python bench/loader.py [--seconds 120] [--epochs 2]
 
-The last line reads `loader_clips_per_s_per_worker=<1-worker clips/s> loader_vs_raw=<raw s / loader s per clip>`.
+The last line reads `loader_clips_per_s_per_worker=<GPU-path clips/s of one worker> loader_vs_raw=<raw JPEG
+seconds per clip / loader seconds per clip>`.
 """
 from __future__ import annotations
 
@@ -42,37 +49,61 @@ def make_run(work: Path, seconds: float) -> Path:
                                window_frames=30)
 
 
-def raw_pass(urls: list[str]) -> tuple[int, float]:
+def raw_pass(urls: list[str], labels: bool) -> tuple[int, float]:
+    from shards import depth_codec
+    from shards.mask_codec import packed_bits
     from shards.tario import raw_samples
+    from unish_model.train.clips import family_entries
 
     start, clips = time.perf_counter(), 0
     for url in urls:
         for members in raw_samples(url):
             for name, data in members.items():
                 if name.endswith(".jpg"):
-                    cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+                    cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
+            if labels:
+                depth = family_entries(members, "depth")
+                depth_codec.inflate_planes(depth["code_z"].tobytes(), depth_codec.header_shape(depth["codec"]))
+                packed_bits(family_entries(members, "masks"))
             clips += 1
     return clips, time.perf_counter() - start
 
 
-def loader_pass(run: Path, workers: int, epochs: int, frames_dtype: str = "float32") -> tuple[int, float]:
-    from unish_model.train.data import ClipLoader, LoaderConfig
-
-    loader = ClipLoader(str(run), LoaderConfig(stage=1, batch_size=2, workers=workers, seed=0,
-                                               frames_dtype=frames_dtype))
-    for _ in loader:  # warm-up epoch: workers start, files enter the page cache
+def timed_epochs(batches, epochs: int) -> tuple[int, float]:
+    for _ in batches():  # warm-up epoch
         pass
     start, clips = time.perf_counter(), 0
     for _ in range(epochs):
-        for batch in loader:
+        for batch in batches():
             clips += len(batch.keys)
     return clips, time.perf_counter() - start
+
+
+def gpu_path(run: Path, workers: int, epochs: int) -> tuple[int, float]:
+    """The workers of a GPU run: compact batches out of a DataLoader, not expanded (that is the GPU's part)."""
+    from torch.utils.data import DataLoader
+
+    from unish_model.train.data import LoaderConfig, ShardClipDataset, _worker_init
+    from unish_model.train.sources import resolve_shards
+
+    dataset = ShardClipDataset(resolve_shards(str(run)), LoaderConfig(stage=1, batch_size=2, workers=workers,
+                                                                      device="cuda"))
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=True,
+                        worker_init_fn=_worker_init)
+    return timed_epochs(lambda: loader, epochs)
+
+
+def cpu_path(run: Path, workers: int, epochs: int) -> tuple[int, float]:
+    from unish_model.train.data import ClipLoader, LoaderConfig
+
+    loader = ClipLoader(str(run), LoaderConfig(stage=1, batch_size=2, workers=workers))
+    return timed_epochs(lambda: loader, epochs)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=120.0, help="length of the looped source video")
-    ap.add_argument("--epochs", type=int, default=2, help="timed epochs per loader setting")
+    ap.add_argument("--epochs", type=int, default=2, help="timed epochs per setting")
     args = ap.parse_args()
     cv2.setNumThreads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,30 +112,25 @@ def main() -> None:
 
         urls = [s.url for s in resolve_shards(str(run))]
         mb = sum(Path(u).stat().st_size for u in urls) / 1e6
-        raw_pass(urls)  # warm the page cache
         rows = []
-        n, secs = 0, 0.0
-        for _ in range(args.epochs):
-            c, s = raw_pass(urls)
-            n, secs = n + c, secs + s
-        raw_per_clip = secs / n
-        rows.append(("raw read + JPEG decode", 1, n / secs, n / secs, raw_per_clip))
+        for name, labels in (("raw JPEG", False), ("raw + labels (zlib)", True)):
+            raw_pass(urls, labels)  # page cache
+            c, s = raw_pass(urls, labels)
+            rows.append((name, 1, c, s))
         for workers in (1, 2):
-            c, s = loader_pass(run, workers, args.epochs)
-            rows.append((f"ClipLoader stage 1, {workers} worker{'s' * (workers > 1)}", workers, c / s, c / s / workers,
-                         s / c))
-        c, s = loader_pass(run, 1, args.epochs, "uint8")
-        rows.append(("  same, frames left uint8 (1 worker)", 1, c / s, c / s, s / c))
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 + \
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"{len(urls)} shards, {mb:.1f} MB, {n // args.epochs} clips of 30 frames 518x294 per epoch; "
-          f"{args.epochs} timed epochs each")
+            rows.append((f"loader (GPU path), {workers} worker{'s' * (workers > 1)}", workers,
+                         *gpu_path(run, workers, args.epochs)))
+        rows.append(("loader (CPU training), 1 worker", 1, *cpu_path(run, 1, args.epochs)))
+        peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    print(f"{len(urls)} shards, {mb:.1f} MB, {rows[0][2]} clips of 30 frames 518x294 (stage 1: masks, depth, "
+          f"keypoints); loaders: batches of 2, {args.epochs} timed epochs after a warm-up")
     print(f"{'reader':<36} {'workers':>7} {'clips/s':>8} {'per worker':>10} {'ms/clip':>8}")
-    for name, workers, total, per, per_clip in rows:
-        print(f"{name:<36} {workers:>7} {total:>8.1f} {per:>10.1f} {per_clip * 1e3:>8.1f}")
-    print(f"peak RSS (this process + largest child): {peak:.0f} MB")
-    one = rows[1]
-    print(f"loader_clips_per_s_per_worker={one[3]:.1f} loader_vs_raw={raw_per_clip / one[4]:.2f}")
+    for name, workers, clips, secs in rows:
+        print(f"{name:<36} {workers:>7} {clips / secs:>8.1f} {clips / secs / workers:>10.1f} {secs / clips * 1e3:>8.1f}")
+    print(f"peak RSS of one process: {peak / 1024:.0f} MB")
+    raw_ms = rows[0][3] / rows[0][2]
+    one = rows[2]
+    print(f"loader_clips_per_s_per_worker={one[2] / one[3]:.1f} loader_vs_raw={raw_ms / (one[3] / one[2]):.2f}")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ MAX_CODE = 65535
 DEFAULT_MAX_REL_ERROR = 1e-3
 ZLIB_LEVEL = 6
 FLOAT32_ROUNDING = 2.0**-23  # the decoder's float32 output adds at most this relative error
+_LOOKUP_BLOCK = 1 << 16  # codes looked up per np.take call (see `lookup`)
 
 
 class DepthAbsent(LookupError):
@@ -133,11 +134,21 @@ def code_table(log_lo: float, step: float) -> np.ndarray:
     return table
 
 
+def lookup(table: np.ndarray, codes: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """table[codes] as float32, in blocks: np.take widens the indices to intp, and a block's worth of them
+    stays in cache (about twice as fast as one take over a clip)."""
+    out = np.empty(codes.shape, np.float32) if out is None else out
+    flat_codes, flat_out = codes.reshape(-1), out.reshape(-1)
+    for start in range(0, flat_codes.size, _LOOKUP_BLOCK):
+        np.take(table, flat_codes[start:start + _LOOKUP_BLOCK], out=flat_out[start:start + _LOOKUP_BLOCK])
+    return out
+
+
 def dequantise(codes: np.ndarray, log_lo: float, step: float) -> tuple[np.ndarray, np.ndarray]:
     """(depth float32 with 0 where invalid, valid bool) from codes."""
     # One float64 exp per possible code (a table) instead of one per pixel: the same values, a gather
     # instead of a transcendental per pixel.
-    return np.take(code_table(log_lo, step), codes), codes != INVALID_CODE
+    return lookup(code_table(log_lo, step), codes), codes != INVALID_CODE
 
 
 def _filter_and_deflate(codes: np.ndarray) -> bytes:
@@ -258,6 +269,7 @@ __all__ = [
     "has_depth",
     "header_shape",
     "inflate_planes",
+    "lookup",
     "quantise",
     "step_for",
     "to_entries",

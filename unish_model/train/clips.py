@@ -35,6 +35,7 @@ from typing import Any, Mapping, Sequence
 import cv2
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from shards import depth_codec
 from shards.mask_codec import packed_bits
@@ -56,11 +57,23 @@ def family_entries(members: Mapping[str, Any], family: str) -> dict[str, Any]:
     return entries
 
 
-def decode_jpeg_into(data: bytes, out: np.ndarray, what: str) -> None:
+def decode_jpeg(data: bytes, height: int, width: int, what: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB."""
     rgb = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
-    if rgb is None or rgb.shape != out.shape:
-        raise ValueError(f"{what} does not decode to {out.shape[1]}x{out.shape[0]} RGB")
-    out[...] = rgb
+    if rgb is None or rgb.shape != (height, width, 3):
+        raise ValueError(f"{what} does not decode to {width}x{height} RGB")
+    return rgb
+
+
+def _put_frame(rgb: np.ndarray, out: np.ndarray) -> None:
+    """One decoded frame into its slot: (H,W,3) as is, or (3,H,W) uint8 / float32 in [0,1]."""
+    if out.shape[-1] == 3:
+        out[...] = rgb
+    elif out.dtype == np.uint8:
+        np.copyto(out, rgb.transpose(2, 0, 1))
+    else:  # numpy's strided divide: one pass (torch's permute-convert-copy takes five times longer), and
+        # k / 255 correctly rounded, as `expand` computes it on a device
+        np.divide(rgb.transpose(2, 0, 1), np.float32(255.0), out=out)
 
 
 def _depth_half(members: Mapping[str, Any], family: str, key: str, shape: tuple[int, int, int]
@@ -98,23 +111,46 @@ class ClipBatch:
                          self.keys, self.meta, self.stats)
 
 
+_TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.float32): torch.float32,
+                 np.dtype(np.float64): torch.float64, np.dtype(bool): torch.bool}
+
+
+def _empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An array to decode into. In a DataLoader worker it lives in shared memory from the start, so the batch
+    crosses to the training process without the copy torch would otherwise make when sending it."""
+    dtype = np.dtype(dtype)
+    if get_worker_info() is None:
+        return np.empty(shape, dtype)
+    count = int(np.prod(shape))
+    try:
+        storage = torch.UntypedStorage._new_shared(count * dtype.itemsize)  # what torch's own sending uses
+        tensor = torch.empty(0, dtype=_TORCH_DTYPES[dtype]).set_(storage, 0, (count,))
+    except (AttributeError, RuntimeError):  # a torch without it: the copy happens when sending instead
+        return np.empty(shape, dtype)
+    return tensor.numpy().reshape(shape)
+
+
 def compact_batch(samples: Sequence[Mapping[str, Any]], needs: Sequence[str], shape: tuple[int, int, int],
-                  decode_all: bool = False) -> ClipBatch:
+                  decode_all: bool = False, frames_dtype: str = "float32") -> ClipBatch:
     """The worker's half for B same-shape clips (see the module docstring), decoded straight into the
-    batch's arrays. With `decode_all` (training on the CPU: no device to hand the rest to) depth and masks
-    are decoded completely here, with the codecs' own numpy code."""
+    batch's arrays. With `decode_all` (training on the CPU: no device to hand the rest to) everything is
+    decoded here, depth and masks with the codecs' own numpy code: the batch needs no `expand`."""
     b, (t, h, w) = len(samples), shape
-    arrays: dict[str, np.ndarray] = {"frames_rgb": np.empty((b, t, h, w, 3), np.uint8),
-                                     "frame_times": np.empty((b, t), np.float64)}
+    if decode_all:
+        frames = _empty((b, t, 3, h, w), np.float32 if frames_dtype == "float32" else np.uint8)
+    else:
+        frames = _empty((b, t, h, w, 3), np.uint8)
+    arrays: dict[str, np.ndarray] = {"frames" if decode_all else "frames_rgb": frames,
+                                     "frame_times": _empty((b, t), np.float64)}
     for family, name in ((DEPTH, "depth"), (GT_DEPTH, "gt_depth")):
         if family in needs and not decode_all:
-            arrays[f"{name}_planes"] = np.empty((b, 2, t, h, w), np.uint8)
-            arrays[f"{name}_table"] = np.empty((b, depth_codec.MAX_CODE + 1), np.float32)
+            arrays[f"{name}_planes"] = _empty((b, 2, t, h, w), np.uint8)
+            arrays[f"{name}_table"] = _empty((b, depth_codec.MAX_CODE + 1), np.float32)
         elif family in needs:
-            arrays[name], arrays[f"{name}_valid"] = np.empty((b, t, h, w), np.float32), np.empty((b, t, h, w), bool)
+            arrays[name], arrays[f"{name}_valid"] = _empty((b, t, h, w), np.float32), _empty((b, t, h, w), bool)
     if MASKS in needs:
         arrays["mask_bits" if not decode_all else "masks"] = (
-            np.empty((b, t, h, (w + 7) // 8), np.uint8) if not decode_all else np.empty((b, t, h, w), bool))
+            _empty((b, t, h, (w + 7) // 8), np.uint8) if not decode_all else _empty((b, t, h, w), bool))
     has_people = all(f"{PEOPLE}.box.npy" in s for s in samples)
     keys, metas = [], []
     for i, members in enumerate(samples):
@@ -124,13 +160,13 @@ def compact_batch(samples: Sequence[Mapping[str, Any]], needs: Sequence[str], sh
         metas.append(meta)
         arrays["frame_times"][i] = meta["frame_times_s"]
         for k in range(t):
-            decode_jpeg_into(members[f"frames.{k:03d}.jpg"], arrays["frames_rgb"][i, k], f"clip {key} frame {k}")
+            _put_frame(decode_jpeg(members[f"frames.{k:03d}.jpg"], h, w, f"clip {key} frame {k}"), frames[i, k])
         for family, name in ((DEPTH, "depth"), (GT_DEPTH, "gt_depth")):
             if family in needs:
                 planes, table = _depth_half(members, family, key, (t, h, w))
                 if decode_all:
                     codes = depth_codec.unfilter(planes)
-                    np.take(table, codes, out=arrays[name][i])
+                    depth_codec.lookup(table, codes, out=arrays[name][i])
                     np.not_equal(codes, depth_codec.INVALID_CODE, out=arrays[f"{name}_valid"][i])
                 else:
                     arrays[f"{name}_planes"][i], arrays[f"{name}_table"][i] = planes, table
@@ -200,5 +236,5 @@ def expand(batch: ClipBatch, device: torch.device | str = "cpu", frames_dtype: s
     return ClipBatch(t, moved.keys, moved.meta, moved.stats)
 
 
-__all__ = ["ClipBatch", "compact_batch", "decode_jpeg_into", "depth_from_planes", "expand", "family_entries",
+__all__ = ["ClipBatch", "compact_batch", "decode_jpeg", "depth_from_planes", "expand", "family_entries",
            "masks_from_bits"]

@@ -283,10 +283,9 @@ class ShardClipDataset(IterableDataset):
                 yield _Pending(members, shape)
 
     def _decode(self, batch: list[_Pending], stats: dict[str, int]) -> ClipBatch:
+        # Training on the CPU: no device to hand the elementwise half to, so finish the batch here.
         on_cpu = torch.device(self.config.device).type == "cpu"
-        out = compact_batch([p.members for p in batch], self.needs, batch[0].shape, decode_all=on_cpu)
-        if on_cpu:  # no device to hand the elementwise half to: finish the batch here, beside the training
-            out = expand(out, "cpu", self.config.frames_dtype)
+        out = compact_batch([p.members for p in batch], self.needs, batch[0].shape, on_cpu, self.config.frames_dtype)
         out.stats = stats
         return out
 
