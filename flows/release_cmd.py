@@ -153,7 +153,7 @@ def build_release(run: Path, out: Path, exclude: list[str] | None = None, contac
         funnel = compute_funnel(index, videos)
         funnel_json = {k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(funnel).items()}
         info = {
-            "format": 1, "name": name or f"UniSH clips ({run.name})",
+            "format": 1, "name": name or "UniSH clips",  # not the run's folder name: nothing local
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
             "license": license_id, "contact": contact or os.environ.get(CONTACT_ENV) or DEFAULT_CONTACT,
             "at_release": {"clips": len(clips), "videos": len({c["source_id"] for c in clips}),

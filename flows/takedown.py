@@ -22,7 +22,8 @@ killed at any point (SIGKILL included), rerun, ends with the same files as one t
 audit entry's time aside).
 
 Fault injection for the crash tests: `UNISH_FAULT_TAKEDOWN_AT` names points (comma-separated: journal,
-shard-rewrite, shard-delete, sidecar, sidecar-rows, index, videos, work, release:<file>, scan, audit); on
+shard-rewrite-partial (a temporary shard half written), shard-rewrite (written, not yet renamed), shard-delete,
+sidecar-partial, sidecar, sidecar-rows, index, videos, work, release:<file>, scan, audit); on
 reaching one, the process writes `$UNISH_FAULT_TAKEDOWN_WAIT_FILE.reached` and waits (at most 120 s) for
 `$UNISH_FAULT_TAKEDOWN_WAIT_FILE` to exist, so a test can kill it there. No Prefect here: a takedown is one
 process on local folders.

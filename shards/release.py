@@ -345,9 +345,11 @@ def render_card(info: Mapping[str, Any], clips: Sequence[Mapping[str, Any]],
     out += ["## Limitations", "",
             "- IDs and timestamps only: videos that are removed, made private or re-encoded by their host cannot be "
             "rebuilt (or not byte for byte), so the dataset shrinks and drifts over time.",
-            "- The filters keep one clearly visible person per clip (one person, box height > 40% of the image, no "
-            "box touching the border, no overlap): crowds, small or partly visible people, and occlusions are "
-            "absent by design.",
+            ("- The filters keep one clearly visible person per clip (one person, box height > 40% of the image, no "
+             "box touching the border, no overlap): crowds, small or partly visible people, and occlusions are "
+             "absent by design." if "people" in families else
+             "- No people stage ran: the clips were not filtered for one visible person, so some may show no one, "
+             "or several people."),
             "- Labels are pseudo-labels from models (see Labels), with those models' errors and biases; they are not "
             "ground truth.",
             "- The people in the videos did not consent to this use specifically; the takedown process above is how "

@@ -11,9 +11,11 @@ Needles:
           name (a short id such as `cut` is also an ordinary word).
 Parquet files are also scanned decoded (their pages may be compressed).
 
-Many needles at once: every 8-byte word of the data (at each of the 8 byte offsets) goes through a
-multiplicative hash into a bit table built from the needles' first 8 bytes; only the few positions that hit are
-compared in full. The cost is a few numpy passes per byte, whatever the number of needles.
+Many needles at once: a needle of LONG bytes or more holds, wherever it lies, a whole 8-byte word at a position
+that is a multiple of 8, at one of 8 offsets inside it. So the data's aligned 8-byte words (one numpy pass) go
+through a multiplicative hash into a table of every such word of every needle; the few that hit are checked
+against the exact words, and only then is the needle compared in full at the start each one implies. The cost
+does not grow with the number of needles. Shorter needles are found with `bytes.find`.
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ import numpy as np
 
 SHORT_ID = 6
 CHUNK_BYTES = 32 * 2**20
-_TABLE_BITS = 22
+LONG = 15  # needles at least this long go through the word table
+_TABLE_BITS = 20
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 _KEY_TAIL = rb"-\d{9}-\d{9}"
 _SHARD_TAIL = rb"-(?:full|\d+-(?:\d+|end))-\d{4}(?![0-9])"  # a shard (or sidecar rows) name: <id>-<span>-NNNN.
@@ -85,25 +88,31 @@ class Matcher:
         self.needles = list(firsts.values())
         self.max_len = max((len(n.value) for n in self.needles), default=0)
         self._id_re = {n.value: _id_pattern(n.value) for n in self.needles if n.kind == "id"}
-        long = [n for n in self.needles if len(n.value) >= 8]
-        self._short = [n for n in self.needles if len(n.value) < 8]
-        self._by_prefix: dict[bytes, list[Needle]] = {}
-        for n in long:
-            self._by_prefix.setdefault(n.value[:8], []).append(n)
+        self._short = [n for n in self.needles if len(n.value) < LONG]
+        # word -> (needle, offset of the word in it) for the 8 words at offsets 0..7 of every long needle
+        self._by_word: dict[bytes, list[tuple[Needle, int]]] = {}
+        for n in self.needles:
+            if len(n.value) >= LONG:
+                for j in range(8):
+                    self._by_word.setdefault(n.value[j:j + 8], []).append((n, j))
         self._table = np.zeros(1 << _TABLE_BITS, dtype=bool)
-        if self._by_prefix:
-            words = np.frombuffer(b"".join(self._by_prefix), dtype="<u8")
-            self._table[_hash(words)] = True
+        self._words = np.zeros(0, dtype="<u8")
+        if self._by_word:
+            self._words = np.unique(np.frombuffer(b"".join(self._by_word), dtype="<u8"))
+            self._table[_hash(self._words)] = True
 
     def find(self, buf: bytes | memoryview, lo: int = 0, hi: int | None = None) -> Iterator[tuple[int, Needle]]:
         """(offset, needle) of every match starting in [lo, hi) (default: anywhere); the bytes around that
         range are context (an id's neighbours)."""
         data = bytes(buf)
         hi = len(data) if hi is None else min(hi, len(data))
-        for pos in self._candidate_positions(data, lo, hi):
-            for n in self._by_prefix.get(data[pos:pos + 8], ()):
-                if data.startswith(n.value, pos) and self._accept(data, pos, n):
-                    yield pos, n
+        hits: set[tuple[int, Needle]] = set()
+        for q in self._word_hits(data).tolist():
+            for n, j in self._by_word.get(data[q:q + 8], ()):
+                start = q - j
+                if lo <= start < hi and data.startswith(n.value, start) and self._accept(data, start, n):
+                    hits.add((start, n))  # a needle holds several aligned words: one hit each
+        yield from sorted(hits, key=lambda h: (h[0], h[1].kind, h[1].value))
         for n in self._short:
             start = data.find(n.value, lo)
             while 0 <= start < hi:
@@ -118,22 +127,15 @@ class Matcher:
                   and n not in found]
         return found
 
-    def _candidate_positions(self, data: bytes, lo: int, hi: int) -> np.ndarray:
-        if not self._by_prefix or len(data) < 8:
+    def _word_hits(self, data: bytes) -> np.ndarray:
+        """Positions (multiples of 8) of the data's 8-byte words that are words of some long needle."""
+        if not self._by_word or len(data) < 8:
             return np.zeros(0, dtype=np.int64)
-        hits = []
-        for shift in range(8):
-            count = (len(data) - shift) // 8
-            if count <= 0:
-                continue
-            words = np.frombuffer(data, dtype="<u8", count=count, offset=shift)
-            idx = np.flatnonzero(self._table[_hash(words)])
-            if idx.size:
-                hits.append(idx.astype(np.int64) * 8 + shift)
-        if not hits:
-            return np.zeros(0, dtype=np.int64)
-        pos = np.sort(np.concatenate(hits))
-        return pos[(pos >= lo) & (pos < hi)]
+        words = np.frombuffer(data, dtype="<u8", count=len(data) // 8)
+        idx = np.flatnonzero(self._table[_hash(words)])
+        if idx.size:
+            idx = idx[np.isin(words[idx], self._words)]
+        return idx.astype(np.int64) * 8
 
     def _accept(self, data: bytes, pos: int, needle: Needle) -> bool:
         return needle.kind != "id" or _id_at(self._id_re[needle.value], data, pos)

@@ -337,14 +337,15 @@ def rewrite_tar_without(path: Path, drop: Callable[[str], bool], fault: Fault = 
         with tarfile.open(path, "r:") as src:
             writer = wds.TarWriter(str(tmp), encoder=False, mtime=FIXED_MTIME)
             try:
-                for key, members in samples:
-                    if drop(key):
-                        continue
+                for n, (key, members) in enumerate(k for k in samples if not drop(k[0])):
                     sample: dict[str, Any] = {"__key__": key}
                     for m in members:
                         f = src.extractfile(m)
                         sample[m.name[len(key) + 1:]] = f.read() if f else b""
                     writer.write(sample)
+                    if n == 0:
+                        writer.stream.flush()
+                        fault(f"{point}-partial")  # a temporary shard half written
             finally:
                 writer.close()
         fsync_file(tmp)
