@@ -421,6 +421,25 @@ def test_a_later_curation_does_not_bring_the_videos_back(world, taken_down):
     assert naive_findings([run, rel], needles) == []
 
 
+def test_several_runs_and_releases_at_once_and_the_lock(world, tmp_path):
+    """One takedown over two copies of the run (each with its release): every folder loses the video; a folder
+    another process is writing is refused before anything changes."""
+    a_run, a_rel = copy_world(world, tmp_path / "a")
+    b_run, b_rel = copy_world(world, tmp_path / "b")
+    needles = needles_of(a_run, {world.ids["delta"]})
+    from shards.runfolder import RunLocked, run_lock
+
+    before = files_of(a_run)
+    with run_lock(b_rel, "someone else"):
+        with pytest.raises(RunLocked, match="someone else"):
+            run_takedown([a_run, b_run], ["media/delta.mp4"])  # by its recorded local path
+    assert files_of(a_run) == before
+    report = run_takedown([a_run, b_run], ["media/delta.mp4"])
+    assert sorted((t["kind"], t["changed"]) for t in report["targets"]) == [("release", True)] * 2 + [("run", True)] * 2
+    assert naive_findings([a_run, a_rel, b_run, b_rel], needles) == []
+    assert all(verify_run(r).ok for r in (a_run, b_run))
+
+
 def test_relabel_skips_withdrawn_clips(world, tmp_path):
     run, _ = copy_world(world, tmp_path)
     from shards.blocklist import Blocklist, write_blocklist
