@@ -397,9 +397,10 @@ def filter_tables(run: Path, match: Match, fault: Fault = _no_fault) -> dict[str
     videos = _read(run / VIDEOS_FILE)
     if videos is not None:
         rows = videos.to_pylist()
-        new = [{**{c: None for c in videos.column_names}, **withdrawn_video_row(r["row"])}
-               if match.removes(r.get("source_id"), r.get("source")) else r for r in rows]
-        if new != rows:
+        hit = [match.removes(r.get("source_id"), r.get("source")) for r in rows]
+        new = [{**{c: None for c in videos.column_names}, **withdrawn_video_row(r["row"])} if h else r
+               for r, h in zip(rows, hit)]
+        if any(hit):  # a withdrawn row has no source and no id left: a rerun finds nothing to replace
             _write_table(pa.Table.from_pylist(new, schema=videos.schema), run / VIDEOS_FILE, fault, "videos")
             written[VIDEOS_FILE] = True
     return written
