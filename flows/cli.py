@@ -221,6 +221,18 @@ def _mount_subcommands() -> None:
 _mount_subcommands()
 
 
+def _mount_release_commands() -> None:
+    """`unish release` and `unish takedown` (their modules import nothing heavy until a command runs)."""
+    from flows.release_cmd import release
+    from flows.takedown import takedown
+
+    app.command("release")(release)
+    app.command("takedown")(takedown)
+
+
+_mount_release_commands()
+
+
 def main() -> None:
     app()
 

@@ -23,7 +23,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from shards.atomic import is_storage_error, remove_temp_files, write_json_atomic
+from shards.blocklist import Blocklist, read_blocklist, withdrawn_video_row, youtube_id_of
 from shards.index import INDEX_FILE, VIDEOS_FILE, rows_to_table, write_table_if_changed
+from shards.release import RUN_PARAMS_FILE
 from shards.runfolder import check_writable, run_lock
 from shards.schema import INDEX_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_REJECTED, VIDEOS_SCHEMA
 from flows.params import CurateConfig
@@ -165,12 +167,51 @@ def video_task(row: ManifestRow, out: str, config: CurateConfig, stage_names: li
     return {"video": vrow, "clips": clips, "repaired": repaired}
 
 
-def manifest_problem_rows(problems: list) -> list[dict]:
+def manifest_problem_rows(problems: list, blocklist: Blocklist = Blocklist()) -> list[dict]:
+    """A row per bad manifest row; one that names a withdrawn video is recorded as withdrawn, without its source."""
     return [
+        withdrawn_video_row(p.row) if p.source and blocklist.blocks(p.source, youtube_id_of(p.source)) else
         {"source": p.source, "source_id": "", "row": p.row, "status": STATUS_ERROR, "reason": "manifest",
          "message": str(p)}
         for p in problems
     ]
+
+
+def is_withdrawn(row: ManifestRow, blocklist: Blocklist) -> bool:
+    """Whether a takedown withdrew this row's video (by its id, its source as given or resolved, or its YouTube ID)."""
+    return blocklist.blocks(row.source_id, row.recorded_source, row.source, youtube_id_of(row.recorded_source))
+
+
+# Parameters that decide what a run writes (recorded in curate.json for the dataset card); the others
+# (workers, retries, time-outs, cookies, proxy, display) only decide how it gets there.
+RECORDED_PARAMS = ("profile", "stage_params", "window_seconds", "window_frames", "window_fps", "stride_s",
+                   "shot_threshold", "min_scene_len_s", "jpeg_quality", "shard_max_mb", "shard_max_samples",
+                   "section_pad_s", "max_frame_offset_s")
+RECORDED_SOFTWARE = ("unish", "av", "opencv-python-headless", "opencv-python", "scenedetect-headless", "numpy",
+                     "webdataset", "pyarrow", "yt-dlp")
+
+
+def record_parameters(out_dir: Path, config: CurateConfig, stage_names: list[str]) -> bool:
+    """Write curate.json (the curation's parameters and software versions) if it changed; returns whether it wrote."""
+    import importlib.metadata
+
+    software = {}
+    for dist in RECORDED_SOFTWARE:
+        try:
+            software[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    record = {"params": {**config.model_dump(include=set(RECORDED_PARAMS)), "stages": stage_names,
+                         "spine_version": pipeline.SPINE_VERSION},
+              "software": software}
+    path = out_dir / RUN_PARAMS_FILE
+    try:
+        if read_json(path) == record:
+            return False
+    except (OSError, ValueError):
+        pass
+    write_json_atomic(path, record)
+    return True
 
 
 def write_index(out_dir: Path, videos: list[dict], clips: list[dict]) -> bool:
@@ -235,18 +276,24 @@ def _curate_locked(manifest: str, out_dir: Path, config: CurateConfig, took_over
         logger.warning("%s: taking over from %s, which ended without finishing", out_dir, took_over)
     remove_temp_files(out_dir / SHARD_DIR)  # we hold the lock: every temporary file is a dead writer's
     parsed = read_manifest(manifest)
+    blocklist = read_blocklist(out_dir)
+    withdrawn = [r for r in parsed.rows if is_withdrawn(r, blocklist)]
+    rows = [r for r in parsed.rows if not is_withdrawn(r, blocklist)]
+    if withdrawn:
+        logger.warning("%d manifest rows name videos withdrawn by a takedown: not fetched (rejected:withdrawn)",
+                       len(withdrawn))
     stage_names = config.stage_names()
     with _STAGES_LOCK:  # weights or inputs may have changed on disk since an earlier run in this process
         _STAGES.clear()
     for name in stage_names:  # fail fast (missing weights, unknown stage) before any video is touched
         get_stage(name, config.stage_params.get(name))
-    videos = manifest_problem_rows(parsed.problems)
+    videos = manifest_problem_rows(parsed.problems, blocklist) + [withdrawn_video_row(r.row) for r in withdrawn]
     clips: list[dict] = []
     summary = Counter()
     fatal = ""
-    _emit({"event": "start", "videos": len(parsed.rows), "problems": len(parsed.problems)})
+    _emit({"event": "start", "videos": len(rows), "problems": len(parsed.problems)})
 
-    queue = VideoQueue(parsed.rows, config.fetch_retry_delays_s, config.fetch_retries, config.host_backoff_s)
+    queue = VideoQueue(rows, config.fetch_retry_delays_s, config.fetch_retries, config.host_backoff_s)
     finished: queue_mod.Queue = queue_mod.Queue()  # futures, as they finish (Prefect calls back)
     in_flight: dict[Any, QueuedVideo] = {}
     while (len(queue) and not fatal) or in_flight:
@@ -288,12 +335,14 @@ def _curate_locked(manifest: str, out_dir: Path, config: CurateConfig, took_over
                             f"and kept, {len(left)} were not started. Free space (or make the folder writable) "
                             f"and run again to finish: finished work is not redone")
     wrote = write_index(out_dir, videos, clips)
+    record_parameters(out_dir, config, stage_names)
     moved = set_aside_unindexed_shards(out_dir, clips)
     for name in moved:
         logger.warning("%s: no index row refers to it any more; moved to %s", name, Path(WORK_DIR) / UNINDEXED_DIR)
     return {"videos": len(videos), "clips": len(clips), "ok": sum(c["status"] == STATUS_OK for c in clips),
             "skipped": summary["skipped"], "retried": summary["retried"], "repaired": summary["repaired"],
-            "transient_left": summary["transient_left"], "tables_written": wrote, "set_aside": moved}
+            "transient_left": summary["transient_left"], "tables_written": wrote, "set_aside": moved,
+            "withdrawn": len(withdrawn)}
 
 
 def run_curate(manifest: str | Path, out: str | Path, config: CurateConfig = CurateConfig()) -> dict:

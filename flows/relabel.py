@@ -37,6 +37,7 @@ from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.table import Table
 
+from shards.blocklist import skip_withdrawn
 from shards.index import INDEX_FILE
 from shards.runfolder import RunLocked, check_unlocked, run_lock
 from shards.sample import ClipSample
@@ -159,7 +160,7 @@ def relabel_shard(out_dir: Path, shard: str, stage: LabelStage, lock: threading.
     rows: list[dict] = []
     try:
         main_url = str(Path(out_dir) / SHARD_DIR / shard)
-        for sample in iter_clips_with_labels(out_dir, inputs, urls=[main_url], missing="keep"):
+        for sample in skip_withdrawn(out_dir, iter_clips_with_labels(out_dir, inputs, urls=[main_url], missing="keep")):
             clip = clip_window(sample, family)
             try:
                 with lock:

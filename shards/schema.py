@@ -54,7 +54,7 @@ def clip_key(source_id: str, start_s: float, end_s: float) -> str:
 INDEX_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
-        ("source", pa.string()),
+        ("source", pa.string()),  # as recorded: ID, URL, or a local path relative to the manifest (older runs: absolute)
         ("source_id", pa.string()),
         ("row", pa.int64()),  # 1-based manifest data row
         ("start_s", pa.float64()),
@@ -92,6 +92,8 @@ VIDEOS_SCHEMA = pa.schema(
         ("rotation", pa.int32()),
         ("n_windows", pa.int32()),
         ("n_ok", pa.int32()),
+        ("start_s", pa.float64()),  # the span the manifest row asked for (null: from the start / to the end);
+        ("end_s", pa.float64()),  # a release's manifest.csv repeats it (runs curated before have no such column)
     ]
 )
 

@@ -6,6 +6,7 @@ import csv
 import difflib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +26,18 @@ SourceKind = Literal["youtube", "url", "path"]
 @dataclass(frozen=True)
 class ManifestRow:
     row: int  # 1-based data row number (CSV line = row + 1)
-    source: str
+    source: str  # what fetch reads: the ID, the URL, or the local file's resolved path
     kind: SourceKind
     source_id: str  # safe for keys and file names; unique per (source, span)
     start_s: float | None
     end_s: float | None
+    recorded: str = ""  # what outputs record (see `recorded_source`)
+
+    @property
+    def recorded_source(self) -> str:
+        """The source as shards and tables record it: the ID or URL as given, a local file by its path relative
+        to the manifest, never an absolute path of this machine."""
+        return self.recorded or self.source
 
     @property
     def span_tag(self) -> str:
@@ -124,6 +132,30 @@ def classify_source(source: str, base: Path) -> tuple[SourceKind, str]:
     raise ValueError("source is not an 11-character YouTube ID, an http(s) URL, or an existing path")
 
 
+def record_source(kind: SourceKind, source: str, resolved: str, base: Path) -> str:
+    """What outputs record for a source (`ManifestRow.recorded_source`): IDs and URLs as given, a local path
+    relative to the manifest's folder (an absolute path in the manifest is made relative to it)."""
+    if kind != "path":
+        return source
+    if not Path(source).is_absolute():
+        return source  # as written: its default id hashes this text
+    return Path(os.path.relpath(resolved, Path(base).resolve())).as_posix()
+
+
+def kind_of_recorded(source: str) -> SourceKind:
+    """The kind of a source as recorded (without looking at the filesystem)."""
+    if YOUTUBE_ID.match(source):
+        return "youtube"
+    if URL.match(source):
+        return "url"
+    return "path"
+
+
+def default_source_id(source: str) -> str:
+    """The source id a manifest row without `id` gets for this (recorded) source."""
+    return safe_id(_default_source_id(kind_of_recorded(source), source), 64)
+
+
 def _default_source_id(kind: SourceKind, source: str) -> str:
     if kind == "youtube":
         return source
@@ -214,5 +246,5 @@ def read_manifest(path: str | Path) -> Manifest:
         if user_id:
             seen_ids[source_id] = i
         owner[source_id] = resolved
-        rows.append(ManifestRow(i, resolved, kind, source_id, start, end))
+        rows.append(ManifestRow(i, resolved, kind, source_id, start, end, record_source(kind, source, resolved, base)))
     return Manifest(str(path), rows, problems)

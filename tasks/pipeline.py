@@ -27,7 +27,8 @@ from tasks.shots import ShotParams, WindowParams
 from tasks.stage import ClipRejected, LabelStage
 from tasks import staging
 
-SPINE_VERSION = "2"  # bump when segment/pack output changes: invalidates cached work (2: frame_gap, digests)
+SPINE_VERSION = "3"  # bump when segment/pack output changes: invalidates cached work (2: frame_gap, digests;
+#                     3: sources recorded as given, local files relative to the manifest)
 # Completion markers in a video's work folder (see tasks/staging.py for the layout).
 PROBE_MARKER = "probe.json"
 SEGMENT_MARKER = "segment.json"
@@ -107,7 +108,7 @@ def run_segment(
         if w.status == STATUS_OK:
             assert w.frames is not None and w.frame_times_s is not None
             meta = {
-                "key": key, "source": row.source, "source_id": row.source_id, "start_s": w.start_s,
+                "key": key, "source": row.recorded_source, "source_id": row.source_id, "start_s": w.start_s,
                 "end_s": w.end_s, "frame_times_s": [round(float(t), 6) for t in w.frame_times_s],
                 "fps": params.windows.fps, "width": geom.out_width, "height": geom.out_height,
                 "geometry": geom.to_dict(), "source_fps": info.fps, "codec": info.codec,
@@ -250,7 +251,7 @@ def run_pack(
                 clip_dir = workdir / "clips" / w["key"]
                 status = staging.clip_status(clip_dir) if clip_dir.exists() else w
                 out = {
-                    "key": w["key"], "source": row.source, "source_id": row.source_id, "row": row.row,
+                    "key": w["key"], "source": row.recorded_source, "source_id": row.source_id, "row": row.row,
                     "start_s": w["start_s"], "end_s": w["end_s"], "status": status["status"],
                     "reason": status.get("reason", ""), "message": status.get("message", ""),
                     "stats": json.dumps(status.get("stats", {}), sort_keys=True),
@@ -311,8 +312,9 @@ def forget_packed(workdir: Path) -> None:
 
 def video_row(row: ManifestRow, status: str, reason: str = "", message: str = "", info: VideoInfo | None = None,
               path: str = "", clip_rows: list[dict] | None = None) -> dict:
-    out: dict[str, Any] = {"source": row.source, "source_id": row.source_id, "row": row.row, "status": status,
-                           "reason": reason, "message": message, "path": path}
+    out: dict[str, Any] = {"source": row.recorded_source, "source_id": row.source_id, "row": row.row,
+                           "start_s": row.start_s, "end_s": row.end_s, "status": status, "reason": reason,
+                           "message": message, "path": path}
     if info is not None:
         out.update(duration_s=info.duration_s, fps=info.fps, width=info.width, height=info.height,
                    codec=info.codec, rotation=info.rotation)
