@@ -210,21 +210,24 @@ def _anchor_search(x: Tensor, y: Tensor, w: Tensor, shifted: Tensor, anchors: Te
     Returns (anchor term (R,), scale term (R,), cost (R,)); -1 terms where a row has no usable anchor."""
     rows, n = x.shape
     m = anchors.shape[1]
-    flat_row = torch.arange(rows, device=x.device)[:, None].expand(rows, m).reshape(-1)
-    flat_anchor = anchors.reshape(-1)
+    pair_row, pair_slot = torch.nonzero(anchor_ok, as_tuple=True)  # only the usable anchors are searched
+    pair_anchor = anchors[pair_row, pair_slot]
     step = max(1, chunk_elements // max(n, 1))
     costs, terms = [], []
     sh = shifted.to(x.dtype)[None]
-    for start in range(0, rows * m, step):
-        r = flat_row[start:start + step]
-        p = flat_anchor[start:start + step]
+    for start in range(0, pair_row.numel(), step):
+        r = pair_row[start:start + step]
+        p = pair_anchor[start:start + step]
         xp = x[r, p][:, None]
         yp = y[r, p][:, None]
         cost, term = _search_1d(x[r] - sh * xp, y[r] - sh * yp, w[r], trunc)
         costs.append(cost)
         terms.append(term)
-    cost = torch.cat(costs).reshape(rows, m)
-    term = torch.cat(terms).reshape(rows, m)
+    cost = torch.full((rows, m), math.inf, dtype=x.dtype, device=x.device)
+    term = torch.full((rows, m), -1, dtype=torch.long, device=x.device)
+    if costs:
+        cost[pair_row, pair_slot] = torch.cat(costs)
+        term[pair_row, pair_slot] = torch.cat(terms)
     usable = anchor_ok & (term >= 0)
     cost = torch.where(usable, cost, math.inf)
     best = cost.argmin(dim=-1)
@@ -263,12 +266,11 @@ def _solve_scale_shift(x: Tensor, y: Tensor, w_point: Tensor, per_point: int, sh
     anchor_col = int(torch.nonzero(shifted_col)[0, 0])  # the shifted coordinate an anchor pins
     with torch.no_grad():
         valid = w_point > 0
-        if max_points is not None and npts > max_points:
-            sub, sub_ok = strided_subset(valid, max_points)  # (R, m)
-        else:
-            sub = torch.arange(npts, device=x.device)[None].expand(rows, -1)
-            sub_ok = valid
-        m = sub.shape[1]
+        # the weighted points packed to the front (an evenly strided subset of max_points when there are more):
+        # zero-weight points are neither anchors nor residuals, so they cost nothing
+        sub, sub_ok = strided_subset(valid, npts if max_points is None else max_points)  # (R, m)
+        m = max(1, int(sub_ok.sum(-1).max()))
+        sub, sub_ok = sub[:, :m], sub_ok[:, :m]
         gather3 = sub[..., None].expand(-1, -1, per_point)
         xs = x.detach().gather(1, gather3).to(_SEARCH_DTYPE).reshape(rows, -1)
         ys = y.detach().gather(1, gather3).to(_SEARCH_DTYPE).reshape(rows, -1)
