@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from unish_model.losses.chamfer import nearest_target, one_way_chamfer, pack_masked
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # two shared cores: no OpenMP spinning
 
 F64 = torch.float64
 

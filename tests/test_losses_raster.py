@@ -22,6 +22,8 @@ from unish_model.body import BodyModel, write_synthetic_body_model
 from unish_model.geometry import axis_angle_to_matrix
 from unish_model.losses.raster import project_points, rasterize, visible_faces, visible_vertices
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # two shared cores: no OpenMP spinning
+
 F64 = torch.float64
 EDGE_TOL_PX = 1e-6
 DEPTH_TOL = 1e-9

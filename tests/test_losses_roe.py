@@ -16,6 +16,8 @@ from unish_model.losses.roe import (align_depth_scale, align_depth_scale_shift, 
                                     align_points_scale_z_shift, downsample_masked_nearest, solve_scale_1d,
                                     strided_subset, truncated_l1_cost)
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # two shared cores: no OpenMP spinning
+
 F64 = torch.float64
 REL = 1e-12  # relative tolerance on float64 costs and scales (measured noise ~1e-16)
 

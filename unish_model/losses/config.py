@@ -65,5 +65,5 @@ class Stage3Config:
     lambda_j2d: float = 10.0  # paper
     near: float = 1e-3  # metres: triangles with a vertex closer than this are not rasterised
     raster_chunk_elements: int = 2 ** 22  # (triangle, pixel) pairs per rasteriser chunk
-    chamfer_chunk_elements: int = 2 ** 24  # (vertex, point) pairs per nearest-neighbour chunk
+    chamfer_chunk_elements: int = 2 ** 20  # (vertex, point) pairs per nearest-neighbour chunk (cache-sized)
     min_depth: float = 1e-3  # metres: projected joints' depth is clamped here

@@ -7,8 +7,9 @@ rasteriser rather than a differentiable renderer:
    z forward).  Pixel (row i, column j) samples the image point (j + 0.5, i + 0.5), the same pixel-centre
    convention as `unish_model.postprocess.depth_to_point_map` and the depth labels.
 2. Every triangle enumerates the pixel centres inside its screen bounding box.  Triangles are grouped by box
-   size (power-of-two windows S x S) and processed in chunks of at most `chunk_elements` (triangle, pixel)
-   pairs, so one huge triangle does not make every small one pay for its window.
+   shape (the exact rows x columns up to 8 px, powers of two above) and processed in chunks of at most
+   `chunk_elements` (triangle, pixel) pairs, so one huge triangle does not make every small one pay for its
+   window.
 3. A pixel centre is inside when its three edge functions have the triangle's sign (both windings; no
    back-face culling: the depth test alone decides).  Centres exactly on an edge count for both triangles.
 4. Depth is perspective-correct: 1/z interpolates linearly in screen space (barycentric weights).
@@ -72,8 +73,8 @@ def rasterize(vertices: Tensor, faces: Tensor, intrinsics: Tensor, image_size: t
         uv = project_points(verts, k)  # (n, V, 2)
         tri_uv = uv[:, faces]  # (n, F, 3, 2)
         tri_z = verts[:, faces, 2]  # (n, F, 3)
-        e = _edge_setup(tri_uv)
-        area = e["area"]
+        a, b, c = tri_uv.unbind(-2)
+        area = (b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0])
         in_front = (tri_z > near).all(-1)
         cols0 = torch.ceil(tri_uv[..., 0].amin(-1) - 0.5).clamp_min(0)
         cols1 = torch.floor(tri_uv[..., 0].amax(-1) - 0.5).clamp_max(width - 1)
@@ -86,17 +87,24 @@ def rasterize(vertices: Tensor, faces: Tensor, intrinsics: Tensor, image_size: t
         if item.numel():
             c0, r0 = cols0[item, face].long(), rows0[item, face].long()
             nc, nr = cols1[item, face].long() - c0 + 1, rows1[item, face].long() - r0 + 1
-            extent = torch.maximum(nc, nr)
-            # power-of-two window per triangle; process each window size in chunks
-            window = torch.pow(2, torch.ceil(torch.log2(extent.to(torch.float64))).long())
+            # window per triangle: its exact box size up to 8 px, the next power of two above; triangles sorted
+            # by window shape, one vectorised pass per shape, in chunks
+            win_r, win_c = _window(nr), _window(nc)
+            stride = 4 * max(height, width)
+            shape_key, order = torch.sort(win_r * stride + win_c)
+            keys, counts = torch.unique_consecutive(shape_key, return_counts=True)
+            tri = {"item": item[order], "face": face[order], "c0": c0[order], "r0": r0[order], "nc": nc[order],
+                   "nr": nr[order], "uv": tri_uv[item, face][order], "area": area[item, face][order],
+                   "z": tri_z[item, face][order]}
             frags = []
-            for size in torch.unique(window).tolist():
-                sel = torch.nonzero(window == size)[:, 0]
-                per_chunk = max(1, chunk_elements // (size * size))
-                for start in range(0, sel.numel(), per_chunk):
-                    s = sel[start:start + per_chunk]
-                    frags.append(_fragments(size, item[s], face[s], c0[s], r0[s], nc[s], nr[s], e, tri_z,
-                                            height, width))
+            start = 0
+            for key, count in zip(keys.tolist(), counts.tolist()):
+                wr, wc = divmod(int(key), stride)
+                per_chunk = max(1, chunk_elements // (wr * wc))
+                for lo in range(start, start + count, per_chunk):
+                    hi = min(start + count, lo + per_chunk)
+                    frags.append(_fragments(wr, wc, {k: v[lo:hi] for k, v in tri.items()}, height, width))
+                start += count
             pix = torch.cat([f[0] for f in frags])
             depth = torch.cat([f[1] for f in frags])
             fid = torch.cat([f[2] for f in frags])
@@ -108,45 +116,53 @@ def rasterize(vertices: Tensor, faces: Tensor, intrinsics: Tensor, image_size: t
                         depth=zbuf.reshape(*lead, height, width))
 
 
-def _edge_setup(tri_uv: Tensor) -> dict[str, Tensor]:
-    """Twice the signed area of each screen triangle (n, F)."""
-    a, b, c = tri_uv.unbind(-2)
-    area = (b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0])
-    return {"uv": tri_uv, "area": area}
+def _window(extent: Tensor) -> Tensor:
+    """Window side for a box extent: the extent itself up to 8 px, else the next power of two."""
+    pow2 = torch.pow(2, torch.ceil(torch.log2(extent.clamp_min(1).to(torch.float64)))).long()
+    return torch.where(extent <= 8, extent, pow2)
 
 
-def _fragments(size: int, item: Tensor, face: Tensor, c0: Tensor, r0: Tensor, nc: Tensor, nr: Tensor,
-               e: dict[str, Tensor], tri_z: Tensor, height: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The covered pixels of a chunk of triangles whose boxes fit a size x size window:
-    (flat pixel index into (items * H * W), depth, face index), one entry per covered (triangle, pixel)."""
-    offs = torch.arange(size, device=item.device)
-    dc, dr = offs[None, None, :], offs[None, :, None]  # (1, 1, S) columns, (1, S, 1) rows
-    cols = c0[:, None, None] + dc
-    rows = r0[:, None, None] + dr
-    in_box = (dc < nc[:, None, None]) & (dr < nr[:, None, None])  # (T, S, S)
-    px = cols.to(torch.float64) + 0.5
-    py = rows.to(torch.float64) + 0.5
-    uv = e["uv"][item, face]  # (T, 3, 2)
-    area = e["area"][item, face]  # (T,)
-    sign = torch.sign(area)[:, None, None]
+def _fragments(wr: int, wc: int, tri: dict[str, Tensor], height: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The covered pixels of a chunk of triangles whose boxes fit a wr x wc window:
+    (flat pixel index into (items * H * W), depth, face index), one entry per covered (triangle, pixel).
+
+    `tri` holds per triangle: item, face, box origin c0 / r0 and size nc / nr, screen vertices uv (T, 3, 2),
+    twice the signed area, vertex depths z (T, 3).  Edge function of edge (i -> j) at the pixel centre p:
+    (v_j - v_i) x (p - v_i), times the sign of the area so that inside is >= 0 for both windings; the
+    barycentric weight of vertex k is the edge function opposite k over |area|.  Each edge function is one
+    broadcast (rows x columns) subtraction of two small products; pixels outside the box get NaN
+    coordinates, which fail every comparison."""
+    uv, area = tri["uv"], tri["area"]
+    dev = uv.device
+    rows = tri["r0"][:, None] + torch.arange(wr, device=dev)[None]  # (T, wr)
+    cols = tri["c0"][:, None] + torch.arange(wc, device=dev)[None]  # (T, wc)
+    nan = torch.tensor(math.nan, dtype=torch.float64, device=dev)
+    py = torch.where(torch.arange(wr, device=dev)[None] < tri["nr"][:, None], rows.to(torch.float64) + 0.5, nan)
+    px = torch.where(torch.arange(wc, device=dev)[None] < tri["nc"][:, None], cols.to(torch.float64) + 0.5, nan)
+    sign = torch.sign(area)  # (T,)
 
     def edge(i: int, j: int) -> Tensor:
-        """Edge function of edge (i -> j) at the pixel centres: cross((v_j - v_i), (p - v_i))."""
-        ax, ay = uv[:, i, 0, None, None], uv[:, i, 1, None, None]
-        bx, by = uv[:, j, 0, None, None], uv[:, j, 1, None, None]
-        return (bx - ax) * (py - ay) - (by - ay) * (px - ax)
+        ax, ay = uv[:, i, 0, None], uv[:, i, 1, None]
+        dx, dy = (uv[:, j, 0] - uv[:, i, 0]) * sign, (uv[:, j, 1] - uv[:, i, 1]) * sign
+        return (dx[:, None] * (py - ay))[:, :, None] - (dy[:, None] * (px - ax))[:, None, :]  # (T, wr, wc)
 
-    # barycentric weight of vertex k = edge opposite k / area
-    w0, w1, w2 = edge(1, 2) * sign, edge(2, 0) * sign, edge(0, 1) * sign
-    inside = in_box & (w0 >= 0) & (w1 >= 0) & (w2 >= 0)
+    inside = edge(1, 2) >= 0
+    inside &= edge(2, 0) >= 0
+    inside &= edge(0, 1) >= 0
     t_idx, r_idx, c_idx = torch.nonzero(inside, as_tuple=True)
-    z = tri_z[item, face][t_idx]  # (P, 3)
-    total = (area.abs())[t_idx]
-    b0, b1, b2 = w0[inside] / total, w1[inside] / total, w2[inside] / total
-    inv_z = b0 / z[:, 0] + b1 / z[:, 1] + b2 / z[:, 2]
-    depth = 1.0 / inv_z
-    pix = item[t_idx] * (height * width) + rows[t_idx, r_idx, 0] * width + cols[t_idx, 0, c_idx]
-    return pix, depth, face[t_idx]
+    # barycentric weights and perspective-correct depth (1/z linear in screen space), covered pixels only
+    p = torch.stack((px[t_idx, c_idx], py[t_idx, r_idx]), -1)  # (P, 2)
+    corners = uv[t_idx]  # (P, 3, 2)
+    frag_sign = sign[t_idx]
+
+    def weight(i: int, j: int) -> Tensor:
+        a, b = corners[:, i], corners[:, j]
+        return ((b[:, 0] - a[:, 0]) * (p[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (p[:, 0] - a[:, 0])) * frag_sign
+
+    z = tri["z"][t_idx]  # (P, 3)
+    inv_z = (weight(1, 2) / z[:, 0] + weight(2, 0) / z[:, 1] + weight(0, 1) / z[:, 2]) / area.abs()[t_idx]
+    pix = tri["item"][t_idx] * (height * width) + rows[t_idx, r_idx] * width + cols[t_idx, c_idx]
+    return pix, 1.0 / inv_z, tri["face"][t_idx]
 
 
 def visible_faces(face_index: Tensor, num_faces: int) -> Tensor:

@@ -93,32 +93,65 @@ def sample_anchors(candidates: Tensor, num: int, generator: torch.Generator | No
     return torch.where(ok[:, None], index.clamp_max(pixels - 1), 0), ok
 
 
-def patch_members(points: Tensor, valid: Tensor, anchors: Tensor, tau: float, max_points: int,
+def patch_members(points: Tensor, valid: Tensor, anchors: Tensor, intrinsics: Tensor, tau: float, max_points: int,
                   generator: torch.Generator | None = None, chunk_elements: int = 2 ** 24
                   ) -> tuple[Tensor, Tensor, Tensor]:
     """The points of each anchor's patch: valid points within `tau` (3D, inclusive) of the anchor's point.
 
-    points: (R, P, 3) metric points; valid: (R, P) bool; anchors: (R, K) pixel indices.  Returns
-    (index (R, K, M) long, ok (R, K, M) bool, count (R, K) long) with M = min(max_points, P): each patch's
-    members in uniformly random order (a uniform random subset of M when it has more), then padding."""
-    rows, pixels, _ = points.shape
+    points: (R, H, W, 3) metric camera-frame points, the unprojection of a depth map through pixel centres with
+    `intrinsics` (R, 3, 3) pixels; valid: (R, H, W) bool; anchors: (R, K) flat pixel indices.  Returns
+    (index (R, K, M) long flat pixel indices, ok (R, K, M) bool, count (R, K) long): each patch's members in
+    uniformly random order (a uniform random subset of M = `max_points` when it has more), then padding.
+
+    Only a pixel window around each anchor is searched: a point p with |p - X| <= tau has depth >= z - tau and
+    projects within f tau sqrt(1 + (x/z)^2) / (z - tau) pixels of X along u (likewise v), so that window holds
+    the whole ball (+1 px of margin; anchors closer than tau search the whole image).  Windows are grouped by
+    power-of-two radius and processed in chunks of `chunk_elements` (anchor, pixel) pairs."""
+    rows, height, width, _ = points.shape
     num = anchors.shape[1]
-    m = min(max_points, pixels)
-    per_chunk = max(1, chunk_elements // max(1, num * pixels))
-    indices, oks, counts = [], [], []
+    flat_pts = points.reshape(rows, -1, 3)
+    flat_valid = valid.reshape(rows, -1)
+    full = max(height, width)
     with torch.no_grad():
-        for r0 in range(0, rows, per_chunk):
-            r1 = min(rows, r0 + per_chunk)
-            pts = points[r0:r1]
-            centre = pts.gather(1, anchors[r0:r1, :, None].expand(-1, -1, 3))  # (r, K, 3)
-            dist2 = (pts[:, None] - centre[:, :, None]).square().sum(-1)  # (r, K, P)
-            member = (dist2 <= tau * tau) & valid[r0:r1, None, :]
-            keys = torch.where(member, _rand(tuple(member.shape), generator, member.device), -1.0)
-            top, index = keys.topk(m, dim=-1)
-            indices.append(index)
-            oks.append(top >= 0)
-            counts.append(member.sum(-1))
-    return torch.cat(indices), torch.cat(oks), torch.cat(counts)
+        centre = flat_pts.gather(1, anchors[..., None].expand(-1, -1, 3))  # (R, K, 3)
+        z = centre[..., 2]
+        near = z - tau
+        safe = torch.where(near > 0, near, torch.ones_like(near))
+        ru = intrinsics[:, 0, 0, None] * tau * torch.sqrt(1 + (centre[..., 0] / z).square()) / safe
+        rv = intrinsics[:, 1, 1, None] * tau * torch.sqrt(1 + (centre[..., 1] / z).square()) / safe
+        radius = torch.where(near > 0, torch.ceil(torch.maximum(ru, rv)) + 1, torch.full_like(ru, full))
+        radius = radius.clamp(1, full).long()
+        bucket = torch.pow(2, torch.ceil(torch.log2(radius.to(torch.float64)))).long().clamp_max(full).reshape(-1)
+        frame = torch.arange(rows, device=points.device)[:, None].expand(rows, num).reshape(-1)
+        a_row = (anchors // width).reshape(-1)
+        a_col = (anchors % width).reshape(-1)
+        biggest = int(bucket.max()) if bucket.numel() else 1
+        m = max(1, min(max_points, (2 * biggest + 1) ** 2))
+        index = torch.zeros(rows * num, m, dtype=torch.long, device=points.device)
+        ok = torch.zeros(rows * num, m, dtype=torch.bool, device=points.device)
+        count = torch.zeros(rows * num, dtype=torch.long, device=points.device)
+        for rb in torch.unique(bucket).tolist():
+            sel = torch.nonzero(bucket == rb)[:, 0]
+            side = 2 * rb + 1
+            offsets = torch.arange(side, device=points.device) - rb
+            take = min(m, side * side)
+            per_chunk = max(1, chunk_elements // (side * side))
+            for lo in range(0, sel.numel(), per_chunk):
+                s = sel[lo:lo + per_chunk]
+                r = a_row[s, None] + offsets[None]  # (n, side)
+                c = a_col[s, None] + offsets[None]
+                inside = ((r >= 0) & (r < height))[:, :, None] & ((c >= 0) & (c < width))[:, None, :]
+                pix = (r.clamp(0, height - 1) * width)[:, :, None] + c.clamp(0, width - 1)[:, None, :]
+                pix = pix.reshape(s.numel(), -1)  # (n, side * side)
+                f = frame[s, None]
+                d2 = (flat_pts[f, pix] - centre.reshape(-1, 3)[s, None]).square().sum(-1)
+                member = inside.reshape(s.numel(), -1) & flat_valid[f, pix] & (d2 <= tau * tau)
+                keys = torch.where(member, _rand(tuple(member.shape), generator, member.device), -1.0)
+                top, pos = keys.topk(take, dim=-1)
+                index[s, :take] = pix.gather(1, pos)
+                ok[s, :take] = top >= 0
+                count[s] = member.sum(-1)
+    return index.reshape(rows, num, m), ok.reshape(rows, num, m), count.reshape(rows, num)
 
 
 # ------------------------------------------------------------------------------------------------ losses
@@ -149,7 +182,7 @@ def local_human_loss(pred_depth: Tensor, confidence: Tensor, depth: Tensor, dept
         k_norm = k.clone()
         k_norm[:, 0] /= width
         k_norm[:, 1] /= height
-        points = depth_to_point_map(d, k_norm).reshape(frames, pixels, 3)
+        points = depth_to_point_map(d, k_norm)  # (F, H, W, 3) metric, MoGe's camera frame
         valid = valid.reshape(frames, pixels)
         person = person_mask.reshape(frames, pixels)
         if anchors is None:
@@ -160,8 +193,8 @@ def local_human_loss(pred_depth: Tensor, confidence: Tensor, depth: Tensor, dept
             anchor_ok = anchor_ok & valid.gather(1, anchors).all(-1)
         num = anchors.shape[1]
         member_valid = valid & person if cfg.patch_within_mask else valid
-        index, ok, count = patch_members(points, member_valid, anchors, cfg.tau, cfg.max_patch_points, generator,
-                                         cfg.membership_chunk_elements)
+        index, ok, count = patch_members(points, member_valid.reshape(frames, height, width), anchors, k, cfg.tau,
+                                         cfg.max_patch_points, generator, cfg.membership_chunk_elements)
         keep = (count >= cfg.min_patch_points) & anchor_ok[:, None]  # (F, K)
         frame_of, patch_of = torch.nonzero(keep, as_tuple=True)
     kept = torch.zeros(frames, dtype=torch.long, device=pred.device)
