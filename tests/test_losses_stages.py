@@ -16,7 +16,7 @@ from unish_model.geometry import axis_angle_to_matrix
 from unish_model.losses import (FrozenPointHead, Stage1Config, Stage1Inputs, Stage2Inputs, Stage3Inputs,
                                 original_points, stage1_loss, stage2_loss, stage3_loss)
 from unish_model.losses.raster import project_points, visible_vertices
-from unish_model.losses.stage1 import local_human_loss, sample_anchors
+from unish_model.losses.stage1 import local_human_loss, patch_members, sample_anchors
 from unish_model.postprocess import depth_to_point_map, normalization_factor
 from unish_model.scene import SceneBranch, SceneBranchConfig
 
@@ -147,6 +147,33 @@ def test_patches_under_32_points_are_dropped() -> None:
                                       Stage1Config(num_anchors=1), anchors=anchor)
         assert int(kept) == expect, n
         assert (float(loss) > 0) == bool(expect)
+
+
+def test_patch_members_window_holds_the_whole_ball() -> None:
+    """The windowed search finds exactly the points a search over the whole image finds, for anchors far away,
+    near the camera and closer than tau (whole-image search), with every member listed once."""
+    g = torch.Generator().manual_seed(11)
+    depth = 0.15 + 3 * torch.rand(2, H, W, generator=g).cumsum(-1) / W  # 0.15 m to ~3 m
+    depth[:, :, :2] = 0.12  # closer than tau: the ball reaches behind the camera plane, search everything
+    k = _intrinsics(2, 1)[:, 0]
+    k_norm = k.clone()
+    k_norm[:, 0] /= W
+    k_norm[:, 1] /= H
+    points = depth_to_point_map(depth, k_norm)
+    valid = torch.rand(2, H, W, generator=g) > 0.2
+    anchors = torch.randint(0, H * W, (2, 12), generator=g)
+    anchors[:, 0] = torch.tensor([5 * W, 7 * W + 1])  # leftmost columns: depth < tau
+    index, ok, count = patch_members(points, valid, anchors, k, 0.2, H * W, g, chunk_elements=5000)
+    flat, flat_valid = points.reshape(2, -1, 3), valid.reshape(2, -1)
+    for f in range(2):
+        for j in range(12):
+            dist = (flat[f] - flat[f, anchors[f, j]]).norm(dim=-1)
+            want = set(torch.nonzero(flat_valid[f] & (dist <= 0.2))[:, 0].tolist())
+            got = index[f, j][ok[f, j]].tolist()
+            assert len(got) == len(set(got)) == int(count[f, j]) and set(got) == want, (f, j)
+    # a cap below the patch size keeps a subset of the members, still counting them all
+    index, ok, count2 = patch_members(points, valid, anchors, k, 0.2, 16, g)
+    assert torch.equal(count2, count) and bool((ok.sum(-1) == count.clamp_max(16)).all())
 
 
 def _stage1_inputs(b: int = 1, t: int = 2, seed: int = 4) -> Stage1Inputs:

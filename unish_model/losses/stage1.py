@@ -7,7 +7,8 @@
 * Anchors: K pixels per frame drawn uniformly (with replacement) from the SAM2 person mask restricted to valid
   MoGe pixels.  X_k = the anchor's MoGe point (depth unprojected with MoGe's pixel intrinsics).
 * Patch N_k: every valid MoGe pixel whose point lies within tau (0.2 m; MoGe-2 is metric) of X_k, in 3D,
-  anywhere in the image (not a pixel window; `patch_within_mask` restricts it to the person mask).  Patches
+  anywhere in the image (a 3D ball, not a pixel window: the search runs over a pixel window computed to
+  contain the whole ball, see `patch_members`; `patch_within_mask` restricts N_k to the person mask).  Patches
   with fewer than `min_patch_points` (32, MoGe's MINIMUM_POINTS_PER_PATCH) points are dropped; a patch with
   more than `max_patch_points` points is averaged over a uniform random subset of that size.
 * (s_k, t_k): ROE scale and shift (`roe.align_depth_scale_shift`) of the predicted depths D^ (z of the
