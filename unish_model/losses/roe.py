@@ -8,20 +8,22 @@ The 1-D core (`solve_scale_1d`) minimises, per batch item,
 exactly.  With x_i made positive (flip the signs of x_i and y_i), term i is a "tent" around its ratio
 r_i = y_i / x_i: w_i x_i |a - r_i|, capped at T outside [r_i - T/(w_i x_i), r_i + T/(w_i x_i)].  f is piecewise
 linear; its convex kinks are the r_i and its concave kinks the cap points, so a minimum sits on some r_i.  We
-evaluate f at EVERY r_k at once with three sorts and prefix sums (the tents' left ends, centres and right ends)
-and take the smallest: O(n log n), no iteration, no tolerance.  MoGe instead finds the local minima from
-left/right derivatives and re-evaluates the cost at each of them with an O(n) sum; both are exact, ours has
-no O(n) pass per local minimum.  The search runs without gradients in float64 (the prefix-sum form subtracts
-large sums); the returned scale is then recomputed as y_k / x_k from the chosen term in the inputs' dtype, so
-gradients flow into the two numbers that define it, as in MoGe.
+evaluate f at EVERY r_k at once in one sweep: the tents' left ends, centres and right ends sorted together as
+3n "events", f at each centre read off two prefix sums (see `_search_1d`), and take the smallest: O(n log n),
+no iteration, no tolerance.  MoGe instead finds the local minima from left/right derivatives (three sorts,
+six binary searches) and re-evaluates the cost at each of them with an O(n) sum; both are exact.  The search
+runs without gradients in float64 (the prefix-sum form subtracts large sums); the returned scale is then
+recomputed as y_k / x_k from the chosen term in the inputs' dtype, so gradients flow into the two numbers
+that define it, as in MoGe.
 
 Scale and shift (`align_points_scale_z_shift`, `align_depth_scale_shift`): the optimum of a piecewise-linear
 cost in (scale, shift) lies where two residuals vanish, one of them a shifted one (the "anchor").  For every
 candidate anchor p, subtracting p's values from the shifted coordinates removes the shift, and the 1-D solver
 finds the best scale; the best anchor wins (O(n^2 log n)).  Then scale and shift are recomputed from the two
-chosen terms, differentiably.  `max_points` keeps an evenly strided subset of the valid points for that search
-(the "downsample before the O(N^2) search"); `downsample_masked_nearest` does the same for image-shaped maps
-(MoGe's masked nearest resize to 64 x 64).  The anchor search is chunked (`chunk_elements` 1-D terms at once).
+chosen terms, differentiably.  Zero-weight points take no part (neither anchors nor residuals).  `max_points`
+keeps an evenly strided subset of the weighted points for that search (the "downsample before the O(N^2)
+search"); `downsample_masked_nearest` does the same for image-shaped maps (MoGe's masked nearest resize to
+64 x 64).  The anchor search is chunked (`chunk_elements` 1-D terms at once).
 
 Signatures follow MoGe's `moge.utils.alignment` so both can run on the same inputs:
 `align_points_scale(points_src, points_tgt, weight, trunc)` -> scale (...),
