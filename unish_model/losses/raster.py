@@ -87,15 +87,17 @@ def rasterize(vertices: Tensor, faces: Tensor, intrinsics: Tensor, image_size: t
         if item.numel():
             c0, r0 = cols0[item, face].long(), rows0[item, face].long()
             nc, nr = cols1[item, face].long() - c0 + 1, rows1[item, face].long() - r0 + 1
+            del cols0, cols1, rows0, rows1, keep, in_front
             # window per triangle: its exact box size up to 8 px, the next power of two above; triangles sorted
             # by window shape, one vectorised pass per shape, in chunks
-            win_r, win_c = _window(nr), _window(nc)
             stride = 4 * max(height, width)
-            shape_key, order = torch.sort(win_r * stride + win_c)
+            shape_key, order = torch.sort(_window(nr) * stride + _window(nc))
             keys, counts = torch.unique_consecutive(shape_key, return_counts=True)
-            tri = {"item": item[order], "face": face[order], "c0": c0[order], "r0": r0[order], "nc": nc[order],
-                   "nr": nr[order], "uv": tri_uv[item, face][order], "area": area[item, face][order],
-                   "z": tri_z[item, face][order]}
+            del shape_key
+            item, face = item[order], face[order]
+            tri = {"item": item, "face": face, "c0": c0[order], "r0": r0[order], "nc": nc[order], "nr": nr[order],
+                   "uv": tri_uv[item, face], "area": area[item, face], "z": tri_z[item, face]}
+            del c0, r0, nc, nr, order, tri_uv, tri_z, area, uv, a, b, c
             frags = []
             start = 0
             for key, count in zip(keys.tolist(), counts.tolist()):
