@@ -5,8 +5,11 @@ the rasteriser, the Chamfer distance and the ROE solver scale with their sizes.
 
 Each row runs in a fresh child process, so its peak resident memory (ru_maxrss) belongs to that run alone:
 `base MB` is the process after importing torch and building the inputs, `peak MB` the highest point during the
-timed calls (on CUDA: the peak of torch's allocator during the calls).  `fwd s` is the loss, `bwd s` its
-backward pass (rows without gradients show -); the best of `--repeats` calls after one warm-up call.
+warm-up and timed calls (on CUDA: the peak of torch's allocator during the timed calls).  `fwd s` is the loss,
+`bwd s` its backward pass (rows without gradients show -); the best of `--repeats` calls after one warm-up call.
+On a small machine shared with other jobs, prefer `--threads 1`: when the cores are oversubscribed, two OpenMP
+threads wait on each other at every one of the many small parallel regions (the 50k-point Chamfer row took
+15x longer with 2 threads than with 1 under a load average of 7 on 2 cores).
 
 Inputs are synthetic but sized like the real thing: a person (an ellipsoid, ~45% of the frame height) 2-2.5 m
 away in front of a wall for stage 1 (MoGe-2 depth, SAM2 mask; K = 16 anchors, tau = 0.2 m gives patches of
