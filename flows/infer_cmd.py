@@ -127,7 +127,7 @@ def choose_person(detections: list[Any], previous: np.ndarray | None = None, min
     detections: per-frame FrameDetections (boxes, scores, track_ids).  previous: (T, 4) boxes of the person in
     this window's frames as far as known from the previous window (NaN elsewhere): the track that overlaps them
     best (mean IoU > 0.1) continues the person; otherwise the most prominent track (sum of area x score)."""
-    from tasks.people_filters import box_iou
+    from unish_model.boxes import box_iou
 
     t_count = len(detections)
     tracks: dict[int, np.ndarray] = {}
@@ -156,26 +156,6 @@ def choose_person(detections: list[Any], previous: np.ndarray | None = None, min
         if continuity(best) > 0.1:
             return tracks[best]
     return tracks[max(prominence, key=lambda k: (prominence[k], -k))]
-
-
-def fill_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """Interpolate missing (NaN) boxes over time, hold them at the ends; no box at all: the whole frame.
-    Returns ((T, 4) boxes, (T,) present)."""
-    boxes = np.asarray(boxes, np.float64)
-    present = np.isfinite(boxes).all(1)
-    if not present.any():
-        return np.tile(np.array([0, 0, width, height], np.float64), (len(boxes), 1)), present
-    t = np.arange(len(boxes))
-    filled = np.stack([np.interp(t, t[present], boxes[present, k]) for k in range(4)], 1)
-    return filled, present
-
-
-def box_masks(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(T, 4) xyxy boxes -> (T, H, W) bool masks."""
-    ys = np.arange(height)[None, :, None] + 0.5
-    xs = np.arange(width)[None, None, :] + 0.5
-    b = boxes[:, :, None, None]
-    return (xs >= b[:, 0]) & (xs <= b[:, 2]) & (ys >= b[:, 1]) & (ys <= b[:, 3])
 
 
 class _WholeFrame:
@@ -218,11 +198,13 @@ def make_segmenter(config: InferConfig) -> Any:
 def person_masks(segmenter: Any, frames: np.ndarray, boxes: np.ndarray, present: np.ndarray,
                  log: Callable[[str], None]) -> np.ndarray:
     """(T, H, W) bool: the masks stage's mask of the tracked person, else the boxes as masks."""
+    from shards.mask_codec import unpack_masks
+    from tasks.stage import ClipRejected, ClipWindow
+    from unish_model.boxes import box_masks
+
     height, width = frames.shape[1:3]
     if segmenter is None:
         return box_masks(boxes, height, width)
-    from tasks.masks import unpack_masks
-    from tasks.stage import ClipRejected, ClipWindow
 
     clip = ClipWindow(key="infer", source_id="infer", start_s=0.0, end_s=0.0, frames=frames,
                       frame_times_s=np.zeros(len(frames)),
@@ -338,6 +320,7 @@ def run_infer(video: Path, out: Path, config: InferConfig, model: Any, body: Any
     from tasks.probe import probe_video
     from tasks.shots import ShotParams, WindowParams, plan_windows
     from unish_model.export import FrameSpool
+    from unish_model.boxes import fill_boxes, whole_frame
     from unish_model.stitch import Stitcher, WindowGeometry, similarity_matrix, transform_poses
 
     out.mkdir(parents=True, exist_ok=True)
@@ -376,7 +359,7 @@ def run_infer(video: Path, out: Path, config: InferConfig, model: Any, body: Any
         index = start_frame + np.arange(t_count)
         previous = np.array([state["prev_boxes"].get(int(i), [np.nan] * 4) for i in index], np.float64)
         raw = choose_person(detector.detect(frames), previous, config.person_score)
-        boxes, present = fill_boxes(raw, width, height)
+        boxes, present = fill_boxes(raw, fallback=whole_frame(height, width))
         state["prev_boxes"] = {int(i): b for i, b, p in zip(index, boxes, present) if p}
         res = run_window(model, frames, boxes.astype(np.float32), config)
 

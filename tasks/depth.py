@@ -216,7 +216,7 @@ def depth_stats(depth: np.ndarray, valid: np.ndarray, masks: dict[str, Any] | No
         "max_m": float(max((v.max() for v in vals if len(v)), default=0.0)),
     }
     if masks and "mask_bits" in masks:
-        from tasks.masks import unpack_masks
+        from shards.mask_codec import unpack_masks
 
         person = unpack_masks(masks)
         if person.shape == valid.shape:

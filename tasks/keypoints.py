@@ -43,6 +43,7 @@ import numpy as np
 
 from tasks.stage import ClipWindow, LabelStage, register_stage, split_params
 from tasks.weights import REGISTRY, WeightsMissing, require, sha256_file, weights_path
+from unish_model.boxes import usable_boxes
 
 STAGE_VERSION = "1"
 FAMILY = "keypoints"
@@ -120,7 +121,8 @@ def clip_focal(clip: ClipWindow, width: int, height: int) -> tuple[np.ndarray, s
 
 
 def person_boxes(clip: ClipWindow, backend: str) -> tuple[np.ndarray, np.ndarray]:
-    """The people stage's tracked box (T, 4) xyxy and presence (T,) (a frame without a finite box is absent)."""
+    """The people stage's tracked box (T, 4) xyxy and presence (T,): a frame is absent where its box is not usable
+    (not flagged present, not finite or empty: `unish_model.boxes.usable_boxes`)."""
     people = clip.labels.get("people")
     if people is None or "box" not in people:
         raise KeypointsError(f"keypoints:{backend} needs the people stage's tracked boxes (clip {clip.key} has "
@@ -129,9 +131,7 @@ def person_boxes(clip: ClipWindow, backend: str) -> tuple[np.ndarray, np.ndarray
     t = clip.frames.shape[0]
     if box.shape != (t, 4):
         raise KeypointsError(f"people box must be ({t}, 4), got {box.shape}")
-    present = np.asarray(people.get("present", np.ones(t, bool)), bool) & np.isfinite(box).all(axis=1)
-    present &= (box[:, 2] > box[:, 0]) & (box[:, 3] > box[:, 1])
-    return box, present
+    return box, usable_boxes(box, people.get("present", np.ones(t, bool)))
 
 
 def _info(backend: str, width: int, height: int, **extra: Any) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from tasks.people_filters import FrameDetections, PeopleFilterParams, PeopleVerdict, box_iou, evaluate_people
+from tasks.people_filters import FrameDetections, PeopleFilterParams, PeopleVerdict, evaluate_people
 from tasks.stage import ClipRejected, ClipWindow, LabelStage, register_stage, split_params
 from tasks.weights import (
     REGISTRY,
@@ -47,6 +47,7 @@ from tasks.weights import (
     sha256_file,
     weights_path,
 )
+from unish_model.boxes import box_iou, clip_boxes
 
 # Before anything can import ultralytics: offline, no auto-install, weights-only checkpoint loading.
 prepare_ultralytics_env()
@@ -549,14 +550,6 @@ def source_to_model_boxes(boxes: np.ndarray, geometry: dict[str, Any]) -> np.nda
                      b[:, 3] * sy - g.crop_y], axis=1)
 
 
-def clip_to_frame(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """(boxes clipped to the frame, which of them keep a positive area). A person partly cropped away
-    keeps a box on the border (the truncation filter sees it); one cropped away entirely is not in the frame."""
-    b = np.clip(np.asarray(boxes, np.float64).reshape(-1, 4), 0, [width, height, width, height])
-    keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
-    return b, keep
-
-
 class ExternalBackend:
     """Detections made elsewhere (another detector's run, human annotation), read from a file."""
 
@@ -636,7 +629,7 @@ class ExternalBackend:
         out: list[FrameDetections] = []
         for k in which:
             idx = source.rows[k] if k >= 0 else np.zeros(0, np.int64)
-            boxes, keep = clip_to_frame(source_to_model_boxes(source.boxes[idx], geometry), width, height)
+            boxes, keep = clip_boxes(source_to_model_boxes(source.boxes[idx], geometry), width, height)
             boxes, scores, ids = boxes[keep], source.scores[idx][keep], source.track_ids[idx][keep]
             if tracker is not None:
                 ids = tracker.update(boxes)
@@ -780,7 +773,6 @@ __all__ = [
     "PeopleStageParams",
     "YoloBackend",
     "YoloConfig",
-    "clip_to_frame",
     "external_people_stage",
     "hog_descriptor_class",
     "hog_people_stage",

@@ -25,8 +25,8 @@ from flows.curate import run_curate
 from flows.params import CurateConfig
 from shards import depth_codec
 from shards.index import read_index
+from shards.mask_codec import unpack_masks
 from shards.reader import iter_clips, shard_urls
-from tasks.masks import unpack_masks
 from unish_model.body import write_synthetic_body_model
 from unish_model.convert.camerahmr import smpl_head_key, vit_key
 from unish_model.human import HumanBranch, HumanBranchConfig

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from shards import depth_codec as dc
+from shards.mask_codec import pack_masks
 from shards.sample import ClipSample, decode_sample, encode_sample
 from tasks import depth as D
-from tasks.masks import pack_masks
 from tasks.stage import ClipRejected, ClipWindow, build_stage
 from tasks.weights import WeightsMissing
 

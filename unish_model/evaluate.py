@@ -50,6 +50,7 @@ from unish_model.benchmarks.bonn import BONN_SEQUENCES, BonnSequence, read_bonn_
 from unish_model.benchmarks.emdb import EMDB_FPS, EmdbSequence, list_emdb
 from unish_model.benchmarks.rich import RICH_FPS, RichSequence, read_rich_labels
 from unish_model.body import BodyModel
+from unish_model.boxes import fill_boxes, whole_frame
 from unish_model.geometry import axis_angle_to_matrix
 from unish_model.metrics.depth import DepthResult, aggregate_depth, evaluate_sequence
 from unish_model.metrics.motion import SMPL_FOOT_VERTICES, aggregate_motion, foot_sliding, global_motion_metrics
@@ -60,7 +61,7 @@ __all__ = [
     "BenchmarkLayoutError", "WindowConfig", "Window", "WindowPrediction", "Predictor", "UniSHPredictor",
     "GroundTruthPredictor", "SmplParams", "StitchedSequence", "SequenceResult", "BenchmarkResult",
     "MotionSequence", "ImageFrames", "VideoFrames", "SmplxModel", "model_input_size", "plan_windows",
-    "resize_frames", "read_rgb", "fill_boxes", "run_windows", "bonn_sequences", "bonn_depth_of", "evaluate_bonn",
+    "resize_frames", "read_rgb", "run_windows", "bonn_sequences", "bonn_depth_of", "evaluate_bonn",
     "predict_motion", "rich_sequences", "rich_frames", "load_rich_preproc",
     "emdb_sequences", "emdb_gt_smpl", "emdb_motion_sequence", "RichData", "find_rich", "rich_gt_smpl",
     "rich_motion_sequence", "load_smplx2smpl", "world_smpl", "smpl_joints", "motion_per_frame",
@@ -160,24 +161,6 @@ def resize_frames(frames: NDArray[np.uint8], size: tuple[int, int]) -> NDArray[n
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
     y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
     return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-
-
-def fill_boxes(boxes: NDArray[Any] | None, valid: NDArray[np.bool_] | None, height: int, width: int
-               ) -> tuple[Array, NDArray[np.bool_]]:
-    """(F, 4) xyxy boxes -> every frame with a usable box: invalid ones (flagged, non-finite or empty) are
-    interpolated over time from the valid ones and held at the ends; no valid box at all: the whole frame.
-    Returns (boxes, which were valid)."""
-    if boxes is None:
-        raise ValueError("no boxes")
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    ok = np.isfinite(b).all(1) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
-    if valid is not None:
-        ok &= np.asarray(valid, dtype=bool).reshape(-1)
-    if not ok.any():
-        return np.tile(np.array([0.0, 0.0, width, height]), (len(b), 1)), ok
-    t = np.arange(len(b))
-    filled = np.stack([np.interp(t, t[ok], b[ok, k]) for k in range(4)], axis=1)
-    return filled, ok
 
 
 class FrameSource(Protocol):
@@ -776,10 +759,10 @@ def emdb_motion_sequence(seq: EmdbSequence, gt_body: BodyModel, eval_body: BodyM
     frames = ImageFrames(paths)
     h, w = frames.size
     if seq.bboxes is not None:
-        boxes, valid = fill_boxes(seq.bboxes, seq.good_frames_mask, h, w)
+        boxes, valid = fill_boxes(seq.bboxes, seq.good_frames_mask, fallback=whole_frame(h, w))
         box_source = "annotation"
     else:
-        boxes, valid = fill_boxes(np.full((seq.n_frames, 4), np.nan), None, h, w)
+        boxes, valid = fill_boxes(np.full((seq.n_frames, 4), np.nan), fallback=whole_frame(h, w))
         box_source = "whole frame (no bboxes in the annotation)"
     joints, feet = smpl_joints(gt_body, emdb_gt_smpl(seq), regressor=eval_body.J_regressor)
     return MotionSequence(seq.name, frames, boxes, joints, feet, seq.good_frames_mask.copy(), EMDB_FPS, {
@@ -999,10 +982,10 @@ def rich_motion_sequence(data: RichData, seq: RichSequence, preproc: Mapping[str
         s = w / full_w
         boxes = np.stack([xys[:, 0] - xys[:, 2] / 2, xys[:, 1] - xys[:, 2] / 2,
                           xys[:, 0] + xys[:, 2] / 2, xys[:, 1] + xys[:, 2] / 2], axis=1) * s
-        boxes, _ = fill_boxes(boxes, None, h, w)
+        boxes, _ = fill_boxes(boxes, fallback=whole_frame(h, w))
         box_source = "rich_test_preproc.pt bbx_xys"
     else:
-        boxes = np.tile(np.array([0.0, 0.0, w, h]), (len(frames), 1))
+        boxes = np.tile(whole_frame(h, w), (len(frames), 1))
         box_source = "whole frame (no rich_test_preproc.pt entry)"
     if smplx2smpl.shape[1] != smplx.num_vertices or smplx2smpl.shape[0] != eval_body.num_vertices:
         raise ValueError(f"smplx2smpl map {tuple(smplx2smpl.shape)} does not fit SMPL-X ({smplx.num_vertices}) -> "
