@@ -414,8 +414,9 @@ def rich(
 ) -> None:
     """RICH world motion (WA-MPJPE, W-MPJPE, RTE, jitter, foot sliding), as GVHMR / WHAM."""
     from tasks.weights import weights_dir
-    from unish_model.evaluate import GroundTruthPredictor, SmplxModel, evaluate_motion, find_rich, \
-        load_rich_preproc, load_smplx2smpl, rich_gt_smpl, rich_motion_sequence, rich_sequences
+    from unish_model.body import SmplxModel
+    from unish_model.evaluate import GroundTruthPredictor, evaluate_motion, find_rich, load_rich_preproc, \
+        load_smplx2smpl, rich_gt_smpl, rich_motion_sequence, rich_sequences
 
     _check_predictor_flags(oracle, weights, tiny_random)
     config = _window_config(window, stride, long_side)

@@ -49,7 +49,7 @@ from numpy.typing import NDArray
 from unish_model.benchmarks.bonn import BONN_SEQUENCES, BonnSequence, read_bonn_sequence
 from unish_model.benchmarks.emdb import EMDB_FPS, EmdbSequence, list_emdb
 from unish_model.benchmarks.rich import RICH_FPS, RichSequence, read_rich_labels
-from unish_model.body import BodyModel
+from unish_model.body import BodyModel, SmplxModel
 from unish_model.boxes import fill_boxes, whole_frame
 from unish_model.geometry import axis_angle_to_matrix
 from unish_model.metrics.depth import DepthResult, aggregate_depth, evaluate_sequence
@@ -60,7 +60,7 @@ from unish_model.stitch import Stitcher, WindowGeometry, body_to_world, transfor
 __all__ = [
     "BenchmarkLayoutError", "WindowConfig", "Window", "WindowPrediction", "Predictor", "UniSHPredictor",
     "GroundTruthPredictor", "SmplParams", "StitchedSequence", "SequenceResult", "BenchmarkResult",
-    "MotionSequence", "ImageFrames", "VideoFrames", "SmplxModel", "model_input_size", "plan_windows",
+    "MotionSequence", "ImageFrames", "VideoFrames", "model_input_size", "plan_windows",
     "resize_frames", "read_rgb", "run_windows", "bonn_sequences", "bonn_depth_of", "evaluate_bonn",
     "predict_motion", "rich_sequences", "rich_frames", "load_rich_preproc",
     "emdb_sequences", "emdb_gt_smpl", "emdb_motion_sequence", "RichData", "find_rich", "rich_gt_smpl",
@@ -771,90 +771,6 @@ def emdb_motion_sequence(seq: EmdbSequence, gt_body: BodyModel, eval_body: BodyM
 
 
 # ----------------------------------------------------------------------------------------------- RICH
-
-SMPLX_JOINTS = 55
-
-
-@dataclass
-class SmplxModel:
-    """SMPL-X vertices (for RICH's ground truth) from the official `SMPLX_<GENDER>.npz` arrays (read without
-    pickle): linear blend skinning over 55 joints; jaw, eyes and expression at zero, hands at the model's mean pose
-    (`hands_meanl` / `hands_meanr`; GVHMR's `rich-smplx` uses flat_hand_mean=False), betas as given."""
-
-    v_template: torch.Tensor  # (V, 3)
-    shapedirs: torch.Tensor  # (V, 3, B)
-    posedirs: torch.Tensor  # ((J-1)*9, V*3)
-    j_regressor: torch.Tensor  # (J, V)
-    weights: torch.Tensor  # (V, J)
-    parents: list[int]
-    hands_mean: torch.Tensor  # (30, 3): 15 left-hand joints then 15 right
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> SmplxModel:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"SMPL-X model {path} not found")
-        with np.load(path, allow_pickle=False) as data:
-            def get(key: str) -> np.ndarray:
-                if key not in data.files:
-                    raise KeyError(f"SMPL-X model {path} has no '{key}' array")
-                return np.asarray(data[key])
-            v = get("v_template").astype(np.float64)
-            n = v.shape[0]
-            parents = get("kintree_table")[0].astype(np.int64)
-            hands = [np.asarray(data[k], np.float64).reshape(-1) if k in data.files else np.zeros(45)
-                     for k in ("hands_meanl", "hands_meanr")]
-            shapedirs, posedirs = get("shapedirs").astype(np.float64), get("posedirs").astype(np.float64)
-            jreg, weights = get("J_regressor").astype(np.float64), get("weights").astype(np.float64)
-        if len(parents) != SMPLX_JOINTS:
-            raise ValueError(f"SMPL-X model {path}: {len(parents)} joints, expected {SMPLX_JOINTS}")
-        parents[0] = -1
-        if posedirs.shape != (n, 3, 9 * (SMPLX_JOINTS - 1)) or jreg.shape != (SMPLX_JOINTS, n) or \
-                weights.shape != (n, SMPLX_JOINTS) or shapedirs.shape[:2] != (n, 3):
-            raise ValueError(f"SMPL-X model {path}: arrays do not fit {n} vertices and {SMPLX_JOINTS} joints")
-        t = torch.from_numpy
-        return cls(t(v), t(shapedirs), t(posedirs.reshape(n * 3, -1).T.copy()), t(jreg), t(weights),
-                   [int(p) for p in parents], t(np.concatenate(hands).reshape(30, 3)))
-
-    @property
-    def num_vertices(self) -> int:
-        return int(self.v_template.shape[0])
-
-    def vertices(self, global_orient: Array, body_pose: Array, betas: Array, transl: Array) -> torch.Tensor:
-        """(N, V, 3) float64 from (N, 3), (N, 63), (N, b) or (b,), (N, 3)."""
-        go = torch.as_tensor(np.asarray(global_orient), dtype=torch.float64).reshape(-1, 3)
-        n = go.shape[0]
-        body = torch.as_tensor(np.asarray(body_pose), dtype=torch.float64).reshape(n, 21, 3)
-        b = torch.as_tensor(np.asarray(betas), dtype=torch.float64)
-        b = b.expand(n, b.shape[-1]) if b.ndim == 1 else b.reshape(n, -1)
-        full = torch.cat([go[:, None], body, torch.zeros(n, 3, 3, dtype=torch.float64),
-                          self.hands_mean.expand(n, 30, 3)], dim=1)
-        rot = axis_angle_to_matrix(full)  # (n, 55, 3, 3)
-        shaped = self.v_template + torch.einsum("nb,vcb->nvc", b, self.shapedirs[..., :b.shape[-1]])
-        rest = torch.einsum("jv,nvc->njc", self.j_regressor, shaped)
-        eye = torch.eye(3, dtype=torch.float64)
-        posed = shaped + ((rot[:, 1:] - eye).reshape(n, -1) @ self.posedirs).reshape(n, -1, 3)
-        world = _chain(rot, rest, self.parents)
-        skin_t = world[..., :3, 3] - (world[..., :3, :3] @ rest[..., None])[..., 0]  # rest joints taken out
-        r = torch.einsum("vj,njab->nvab", self.weights, world[..., :3, :3])
-        t = torch.einsum("vj,nja->nva", self.weights, skin_t)
-        verts = (r @ posed[..., None])[..., 0] + t
-        return verts + torch.as_tensor(np.asarray(transl), dtype=torch.float64).reshape(n, 1, 3)
-
-
-def _chain(rot: torch.Tensor, rest: torch.Tensor, parents: list[int]) -> torch.Tensor:
-    """World transforms (n, J, 4, 4) along the kinematic tree."""
-    n, j = rot.shape[:2]
-    local = torch.zeros(n, j, 4, 4, dtype=rot.dtype)
-    local[..., :3, :3] = rot
-    local[:, 0, :3, 3] = rest[:, 0]
-    local[:, 1:, :3, 3] = rest[:, 1:] - rest[:, parents[1:]]
-    local[..., 3, 3] = 1
-    chain = [local[:, 0]]
-    for i in range(1, j):
-        chain.append(chain[parents[i]] @ local[:, i])
-    return torch.stack(chain, dim=1)
-
 
 def load_smplx2smpl(path: str | Path) -> torch.Tensor:
     """The (6890, V_smplx) map from SMPL-X to SMPL vertices: GVHMR's `smplx2smpl_sparse.pt` (a sparse torch tensor,
