@@ -120,70 +120,6 @@ class InferResult:
 # ----------------------------------------------------------------------------------------------- person
 
 
-def choose_person(detections: list[Any], previous: np.ndarray | None = None, min_score: float = 0.3
-                  ) -> np.ndarray:
-    """Pick one tracked person in a window: (T, 4) xyxy boxes, NaN where the track is absent.
-
-    detections: per-frame FrameDetections (boxes, scores, track_ids).  previous: (T, 4) boxes of the person in
-    this window's frames as far as known from the previous window (NaN elsewhere): the track that overlaps them
-    best (mean IoU > 0.1) continues the person; otherwise the most prominent track (sum of area x score)."""
-    from unish_model.boxes import box_iou
-
-    t_count = len(detections)
-    tracks: dict[int, np.ndarray] = {}
-    prominence: dict[int, float] = {}
-    for i, det in enumerate(detections):
-        for box, score, tid in zip(det.boxes, det.scores, det.track_ids):
-            if score < min_score or tid < 0:
-                continue
-            tid = int(tid)
-            track = tracks.setdefault(tid, np.full((t_count, 4), np.nan, np.float64))
-            if np.isnan(track[i, 0]):  # one box per id and frame
-                track[i] = box
-                prominence[tid] = prominence.get(tid, 0.0) + float((box[2] - box[0]) * (box[3] - box[1]) * score)
-    if not tracks:
-        return np.full((t_count, 4), np.nan, np.float64)
-    if previous is not None and np.isfinite(previous).all(1).any():
-        known = np.isfinite(previous).all(1)
-
-        def continuity(tid: int) -> float:
-            both = known & np.isfinite(tracks[tid]).all(1)
-            if not both.any():
-                return 0.0
-            return float(np.mean([box_iou(tracks[tid][i], previous[i])[0, 0] for i in np.flatnonzero(both)]))
-
-        best = max(tracks, key=continuity)
-        if continuity(best) > 0.1:
-            return tracks[best]
-    return tracks[max(prominence, key=lambda k: (prominence[k], -k))]
-
-
-class _WholeFrame:
-    """The `frame` people backend: one person filling the frame (smoke tests, close-up videos)."""
-
-    name = "frame"
-
-    def setup(self) -> None:
-        pass
-
-    def detect(self, frames: np.ndarray) -> list[Any]:
-        from tasks.people_filters import FrameDetections
-
-        h, w = frames.shape[1:3]
-        return [FrameDetections.make([[0, 0, w, h]], [1.0], [1]) for _ in frames]
-
-
-def make_detector(config: InferConfig) -> Any:
-    if config.people == "frame":
-        return _WholeFrame()
-    from tasks.people import HogBackend, YoloBackend, YoloConfig
-
-    backend = HogBackend() if config.people == "hog" else YoloBackend(YoloConfig(weights=config.people_weights,
-                                                                                 device=_yolo_device(config)))
-    backend.setup()  # fail now (missing weights, no HOG in this OpenCV) rather than after decoding
-    return backend
-
-
 def make_segmenter(config: InferConfig) -> Any:
     """The masks labelling stage (set up now, so missing weights fail before decoding), or None for boxes."""
     if config.masks == "box":
@@ -214,10 +150,6 @@ def person_masks(segmenter: Any, frames: np.ndarray, boxes: np.ndarray, present:
     except ClipRejected as e:
         log(f"  person mask lost ({e.rule}: {e.detail[:120]}); using the box")
         return box_masks(boxes, height, width)
-
-
-def _yolo_device(config: InferConfig) -> str | None:
-    return "cpu" if config.device == "cpu" else None
 
 
 # ----------------------------------------------------------------------------------------------- model, body
@@ -320,6 +252,7 @@ def run_infer(video: Path, out: Path, config: InferConfig, model: Any, body: Any
     from tasks.probe import probe_video
     from tasks.shots import ShotParams, WindowParams, plan_windows
     from unish_model.export import FrameSpool
+    from tasks.people.choice import choose_person, person_detector
     from unish_model.boxes import fill_boxes, whole_frame
     from unish_model.stitch import Stitcher, WindowGeometry, similarity_matrix, transform_poses
 
@@ -335,7 +268,7 @@ def run_infer(video: Path, out: Path, config: InferConfig, model: Any, body: Any
     if not planned:
         raise ValueError(f"{video}: shorter than one window ({config.window} frames at {config.fps} fps = "
                          f"{config.window / config.fps:.2f} s)")
-    detector = make_detector(config)
+    detector = person_detector(config.people, config.people_weights, config.device)
     segmenter = make_segmenter(config)
     spool = FrameSpool(out / ".spool")
     stitcher = Stitcher(keep_last=config.window - config.stride if config.stride < config.window else 1)

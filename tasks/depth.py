@@ -27,7 +27,7 @@ import numpy as np
 from shards import depth_codec
 from tasks.stage import (ClipRejected, ClipWindow, LabelStage, package_version, pick_device, register_stage,
                          split_params)
-from tasks.weights import REGISTRY, WeightsMissing, how_to_get, require, sha256_file, weights_path
+from tasks.weights import registry_or_file, sha256_file
 
 STAGE_VERSION = "1"
 DEPTH_INVALID = "depth_invalid"
@@ -78,17 +78,6 @@ class MogeConfig:
     min_valid_frac: float = 0.01
 
 
-def _resolve_moge_weights(weights: str) -> Path:
-    if weights in REGISTRY:
-        return require(weights)
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        hint = how_to_get(REGISTRY["moge-2-vitl"], weights_path("moge-2-vitl"))
-        raise WeightsMissing(f"MoGe weights {weights!r} not found: give a registry name or a local model.pt; "
-                             f"for the default: {hint}")
-    return path
-
-
 def load_moge_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(model_config, state_dict) of an official MoGe checkpoint, read without unpickling code."""
     import torch
@@ -126,7 +115,8 @@ class MogeDepthStage:
         c = self.config
         if c.batch_size < 1:
             raise ValueError(f"depth:moge batch_size must be >= 1, got {c.batch_size}")
-        path = None if c.allow_random_weights else _resolve_moge_weights(c.weights)  # raises before torch work
+        path = None if c.allow_random_weights else registry_or_file(  # raises before torch work
+            c.weights, "MoGe", "moge-2-vitl", local="a local model.pt")
         import torch
         from moge.model.v2 import MoGeModel
 

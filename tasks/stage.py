@@ -76,12 +76,26 @@ def pick_device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def package_version(dist: str) -> str:
-    """`<dist> <version>` for provenance records."""
-    try:
-        return f"{dist} {importlib.metadata.version(dist)}"
-    except importlib.metadata.PackageNotFoundError:
-        return f"{dist} (version unknown)"
+class BackendUnavailable(RuntimeError):
+    """A backend's library is missing a part it needs (every stage raises this one); the message says what to
+    install."""
+
+
+def package_version(dist: str, *alternatives: str, module: Any = None) -> str:
+    """`<name> <version>` for provenance records.
+
+    With `module`: `dist` and the module's `__version__`, the version the import really loaded (OpenCV and
+    Ultralytics are installed under several distribution names).  Otherwise the first installed distribution among
+    `dist` and `alternatives`, under its own name; when none is, `<last name> (version unknown)`."""
+    if module is not None:
+        return f"{dist} {getattr(module, '__version__', 'unknown')}"
+    names = (dist, *alternatives)
+    for name in names:
+        try:
+            return f"{name} {importlib.metadata.version(name)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return f"{names[-1]} (version unknown)"
 
 
 StageFactory = Callable[..., LabelStage]

@@ -10,7 +10,8 @@ import trimesh
 import typer
 from typer.testing import CliRunner
 
-from flows.infer_cmd import choose_person, infer
+from flows.infer_cmd import infer
+from tasks.people.choice import choose_person
 from tasks.people_filters import FrameDetections
 from unish_model.boxes import box_masks
 

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from tasks.people import (
-    BackendUnavailable,
     HogBackend,
     IoUTracker,
     PeopleStage,
@@ -26,7 +25,7 @@ from tasks.people import (
 )
 from tasks.people_filters import FrameDetections
 from tasks.profiles import PROFILES, stages_for_profile
-from tasks.stage import ClipRejected, ClipWindow
+from tasks.stage import BackendUnavailable, ClipRejected, ClipWindow
 from tasks.weights import WeightsMissing
 from unish_model.boxes import box_iou
 
