@@ -2,7 +2,7 @@
 
 `unish eval bonn|emdb|rich --root DIR [--weights FILE | --tiny-random | --oracle] --out DIR` runs the model over
 the benchmark in windows of 30 frames (stitched into one world frame and metric scale; see
-`unish_model.evaluate` for every protocol choice), prints a table per sequence and the overall row, and writes
+`unish_model.eval` for every protocol choice), prints a table per sequence and the overall row, and writes
 `results.json` and `results.md` under `--out` (with `--save-predictions`, also `predictions/<sequence>.npz`: the
 arrays the metrics were computed from).  Weights default to the weights folder's `unish_release`; the motion
 benchmarks need SMPL (`--body-model`, default the weights folder's SMPL_NEUTRAL); RICH's ground truth also needs
@@ -164,7 +164,7 @@ def _out_option() -> Any:
 
 
 def _window_config(window: int, stride: int, long_side: int) -> Any:
-    from unish_model.evaluate import WindowConfig
+    from unish_model.eval.windows import WindowConfig
 
     try:
         return WindowConfig(window=window, stride=stride, long_side=long_side)
@@ -174,9 +174,9 @@ def _window_config(window: int, stride: int, long_side: int) -> Any:
 
 def _model_predictor(weights: Optional[Path], tiny_random: bool, device: str, solver: str) -> tuple[Any, str]:
     """UniSH as a predictor, and a description of it for the results."""
-    from flows.infer_cmd import load_model
+    from flows.models import load_model
     from tasks.weights import WeightsError, how_to_get, spec
-    from unish_model.evaluate import UniSHPredictor
+    from unish_model.runner import UniSHPredictor
 
     if solver not in ("torch", "scipy"):
         raise typer.BadParameter(f"--solver must be torch or scipy, got {solver!r}")
@@ -201,7 +201,7 @@ def _check_predictor_flags(oracle: bool, weights: Optional[Path], tiny_random: b
 
 
 def _load_body(path: Optional[Path], tiny_random: bool, scratch: Path) -> Any:
-    from flows.infer_cmd import load_body_model
+    from flows.models import load_body_model
 
     if path is not None and not path.is_file():
         raise _Fail(f"body model {path} not found (an .npz in SMPL's layout; see unish_model.body)")
@@ -228,7 +228,7 @@ def _sink(out: Path, save: bool) -> Optional[Callable[[str, dict[str, np.ndarray
 
 def _finish(result: Any, out: Path, title: str, predictor: str) -> None:
     """Print the table, write results.json and results.md."""
-    from unish_model.evaluate import METRIC_LABELS
+    from unish_model.eval.results import METRIC_LABELS
 
     result.protocol = {"predictor": predictor, **result.protocol}
     table = Table(title=title, header_style="bold")
@@ -263,7 +263,7 @@ def _clean_all(value: Any) -> Any:
 
 def _guard(run: Callable[[], None]) -> None:
     """Run a benchmark; user-fixable problems end with their message and exit code 2."""
-    from unish_model.evaluate import BenchmarkLayoutError
+    from unish_model.benchmarks.layout import BenchmarkLayoutError
 
     try:
         run()
@@ -291,7 +291,9 @@ def bonn(
     save_predictions: SaveOpt = False,
 ) -> None:
     """Bonn RGB-D Dynamic video depth (Abs Rel, delta < 1.25), as pi3 / CUT3R / MonST3R."""
-    from unish_model.evaluate import GroundTruthPredictor, bonn_depth_of, bonn_sequences, evaluate_bonn
+    from unish_model.benchmarks.bonn import bonn_depth_of, bonn_sequences
+    from unish_model.eval.bonn import evaluate_bonn
+    from unish_model.eval.predictors import GroundTruthPredictor
 
     _check_predictor_flags(oracle, weights, tiny_random)
     if align not in ALIGN_MODES:
@@ -348,8 +350,9 @@ def emdb(
     save_predictions: SaveOpt = False,
 ) -> None:
     """EMDB-2 world motion (WA-MPJPE, W-MPJPE, RTE, jitter, foot sliding), as GVHMR / WHAM."""
-    from unish_model.evaluate import GroundTruthPredictor, emdb_gt_smpl, emdb_motion_sequence, emdb_sequences, \
-        evaluate_motion
+    from unish_model.benchmarks.emdb import emdb_gt_smpl, emdb_motion_sequence, emdb_sequences
+    from unish_model.eval.motion import evaluate_motion
+    from unish_model.eval.predictors import GroundTruthPredictor
 
     _check_predictor_flags(oracle, weights, tiny_random)
     if split not in (1, 2):
@@ -415,8 +418,10 @@ def rich(
     """RICH world motion (WA-MPJPE, W-MPJPE, RTE, jitter, foot sliding), as GVHMR / WHAM."""
     from tasks.weights import weights_dir
     from unish_model.body import SmplxModel
-    from unish_model.evaluate import GroundTruthPredictor, evaluate_motion, find_rich, load_rich_preproc, \
-        load_smplx2smpl, rich_gt_smpl, rich_motion_sequence, rich_sequences
+    from unish_model.benchmarks.rich import find_rich, load_rich_preproc, load_smplx2smpl, rich_gt_smpl, \
+        rich_motion_sequence, rich_sequences
+    from unish_model.eval.motion import evaluate_motion
+    from unish_model.eval.predictors import GroundTruthPredictor
 
     _check_predictor_flags(oracle, weights, tiny_random)
     config = _window_config(window, stride, long_side)

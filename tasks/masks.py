@@ -25,15 +25,15 @@ import importlib.util
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from shards.mask_codec import pack_masks
-from tasks.stage import (BackendUnavailable, ClipRejected, ClipWindow, LabelStage, package_version, pick_device,
-                         register_stage, split_params)
+from shards.mask_codec import pack_masks, unpack_masks
+from tasks.stage import (BackendUnavailable, ClipRejected, ClipWindow, LabelStage, build_stage, package_version,
+                         pick_device, register_stage, split_params)
 from tasks.weights import REGISTRY, registry_or_file, sha256_file
-from unish_model.boxes import NoUsableBox, box_mask, box_pixels, fill_boxes, grow_box, usable_boxes
+from unish_model.boxes import NoUsableBox, box_mask, box_masks, box_pixels, fill_boxes, grow_box, usable_boxes
 
 STAGE_VERSION = "1"
 MASK_LOST = "mask_lost"
@@ -403,6 +403,36 @@ class MasksStage:
 
 
 
+# ------------------------------------------------------------------------------- one person, outside curation
+
+
+def person_mask_stage(backend: str) -> LabelStage | None:
+    """The masks stage `masks:<backend>` set up now (missing weights fail before any decoding), or None for
+    `box` (the person's box is its mask)."""
+    if backend == "box":
+        return None
+    stage = build_stage(f"masks:{backend}")
+    stage.setup()
+    return stage
+
+
+def person_masks(stage: LabelStage | None, frames: np.ndarray, boxes: np.ndarray, present: np.ndarray,
+                 log: Callable[[str], None]) -> np.ndarray:
+    """(T, H, W) bool mask of one tracked person (filled (T, 4) boxes, (T,) present flags): the masks stage's, or
+    the boxes as masks without a stage or where the stage loses the mask (said in the log)."""
+    height, width = frames.shape[1:3]
+    if stage is None:
+        return box_masks(boxes, height, width)
+    clip = ClipWindow(key="infer", source_id="infer", start_s=0.0, end_s=0.0, frames=frames,
+                      frame_times_s=np.zeros(len(frames)),
+                      labels={"people": {"box": boxes.astype(np.float32), "present": present.astype(bool)}})
+    try:
+        return unpack_masks(stage(clip).labels["masks"])
+    except ClipRejected as e:
+        log(f"  person mask lost ({e.rule}: {e.detail[:120]}); using the box")
+        return box_masks(boxes, height, width)
+
+
 @register_stage("masks:sam2")
 def sam2_masks_stage(**params: Any) -> LabelStage:
     """masks with the SAM2.1 video predictor; params are Sam2Config and MaskRules fields."""
@@ -428,5 +458,7 @@ __all__ = [
     "Sam2Segmenter",
     "check_masks",
     "mediapipe_masks_stage",
+    "person_mask_stage",
+    "person_masks",
     "sam2_masks_stage",
 ]

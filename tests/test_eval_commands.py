@@ -25,17 +25,18 @@ from typer.testing import CliRunner
 
 from flows.eval_cmd import eval_app
 from unish_model.benchmarks import read_emdb_pickle
+from unish_model.benchmarks.bonn import bonn_depth_of, bonn_sequences
+from unish_model.benchmarks.emdb import emdb_gt_smpl, emdb_motion_sequence, emdb_sequences
 from unish_model.body import BodyModel, synthetic_body_arrays
-from unish_model.geometry import axis_angle_to_matrix
-from unish_model.evaluate import (
-    GroundTruthPredictor, SmplParams, Window, WindowConfig, WindowPrediction, bonn_depth_of,
-    bonn_sequences, emdb_gt_smpl, emdb_motion_sequence, emdb_sequences, evaluate_bonn, evaluate_motion,
-    model_input_size, plan_windows,
-)
+from unish_model.eval.bonn import evaluate_bonn
+from unish_model.eval.motion import SmplParams, evaluate_motion
+from unish_model.eval.predictors import GroundTruthPredictor
+from unish_model.eval.windows import WindowConfig, model_input_size, plan_windows
+from unish_model.geometry import axis_angle_to_matrix, matrix_to_axis_angle
 from unish_model.metrics import aggregate_depth, aggregate_motion, evaluate_sequence, foot_sliding, \
     global_motion_metrics
 from unish_model.metrics.motion import SMPL_FOOT_VERTICES
-from unish_model.geometry import matrix_to_axis_angle
+from unish_model.runner import Window, WindowPrediction
 
 runner = CliRunner()
 EMDB_FRAMES = 55  # two windows of 30 (0-29, 25-54)
