@@ -179,6 +179,7 @@ class BenchmarkOptions:
     device: str
     solver: str
     save_predictions: bool
+    body_model: Optional[Path] = None  # the motion benchmarks' --body-model
 
     def check(self) -> None:
         """Refuse contradictory predictor flags and a bad window plan before any file is read."""
@@ -202,6 +203,12 @@ class BenchmarkOptions:
             return oracle(), oracle_desc
         return _model_predictor(self.weights, self.tiny_random, self.device, self.solver)
 
+    def body(self) -> Any:
+        """The evaluation's SMPL body model (--body-model, the weights folder's, or with --tiny-random a synthetic
+        one)."""
+        with tempfile.TemporaryDirectory(prefix="unish-body-") as scratch:
+            return _load_body(self.body_model, self.tiny_random, Path(scratch))
+
     def sink(self) -> Optional[Callable[[str, dict[str, np.ndarray]], None]]:
         """With --save-predictions, where each sequence's arrays go: predictions/<sequence>.npz."""
         if not self.save_predictions:
@@ -215,13 +222,14 @@ class BenchmarkOptions:
         return write
 
 
-def _shared_parameters(benchmark: str) -> tuple[list[inspect.Parameter], list[inspect.Parameter]]:
-    """The shared options as (those listed before a command's own, those after), in `BenchmarkOptions` order."""
+def _shared_parameters(benchmark: str, motion: bool) -> tuple[list[inspect.Parameter], list[inspect.Parameter]]:
+    """The shared options as (those listed before a command's own, those after); motion benchmarks add
+    --body-model."""
     def option(name: str, annotation: Any, default: Any = inspect.Parameter.empty) -> inspect.Parameter:
         return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
 
     before = [option("root", RootOpt), option("weights", WeightsOpt, None), option("tiny_random", TinyOpt, False),
-              option("oracle", OracleOpt, False)]
+              option("oracle", OracleOpt, False)] + ([option("body_model", BodyOpt, None)] if motion else [])
     after = [option("out", OutOpt, Path("eval_results") / benchmark), option("max_sequences", MaxSeqOpt, None),
              option("sequence", SeqOpt, None), option("window", WindowOpt, 30), option("stride", StrideOpt, 25),
              option("long_side", LongSideOpt, 518), option("device", DeviceOpt, "cpu"),
@@ -229,12 +237,12 @@ def _shared_parameters(benchmark: str) -> tuple[list[inspect.Parameter], list[in
     return before, after
 
 
-def _benchmark_command(benchmark: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def _benchmark_command(benchmark: str, motion: bool = False) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Register `unish eval <benchmark>`: `run(options, **own)` gets the shared options as `BenchmarkOptions`,
     checked, and its own options as keywords; the command line lists the shared ones and its own."""
     def register(run: Callable[..., None]) -> Callable[..., None]:
         own = list(inspect.signature(run, eval_str=True).parameters.values())[1:]
-        before, after = _shared_parameters(benchmark)
+        before, after = _shared_parameters(benchmark, motion)
         shared = [p.name for p in before + after]
 
         def command(**kwargs: Any) -> None:
@@ -369,10 +377,9 @@ def _gendered_smpl(body_model: Optional[Path], gt_body_dir: Optional[Path]) -> d
     return found
 
 
-@_benchmark_command("emdb")
+@_benchmark_command("emdb", motion=True)
 def emdb(
     options: BenchmarkOptions,
-    body_model: BodyOpt = None,
     gt_body_dir: Annotated[Optional[Path], typer.Option("--gt-body-dir", help="folder with SMPL_MALE.npz / "
                            "SMPL_FEMALE.npz for the ground truth (default: next to --body-model)")] = None,
     split: Annotated[int, typer.Option("--split", help="EMDB split (2: world motion)")] = 2,
@@ -385,9 +392,8 @@ def emdb(
     if split not in (1, 2):
         raise typer.BadParameter("--split must be 1 or 2")
     seqs = emdb_sequences(options.root, split, options.sequence, options.max_sequences)
-    with tempfile.TemporaryDirectory(prefix="unish-body-") as scratch:
-        body = _load_body(body_model, options.tiny_random, Path(scratch))
-    gendered = _gendered_smpl(body_model, gt_body_dir)
+    body = options.body()
+    gendered = _gendered_smpl(options.body_model, gt_body_dir)
     by_name = {s.name: s for s in seqs}
     predictor, desc = options.predictor(
         lambda: GroundTruthPredictor(smpl_of=lambda name: emdb_gt_smpl(by_name[name])), "oracle (ground-truth SMPL)")
@@ -412,10 +418,9 @@ def _first_file(names: list[str], folders: list[Path]) -> Optional[Path]:
     return None
 
 
-@_benchmark_command("rich")
+@_benchmark_command("rich", motion=True)
 def rich(
     options: BenchmarkOptions,
-    body_model: BodyOpt = None,
     smplx_dir: Annotated[Optional[Path], typer.Option("--smplx-dir", help="folder with SMPLX_MALE.npz, "
                          "SMPLX_FEMALE.npz, SMPLX_NEUTRAL.npz (default: ROOT/body_models, then the weights "
                          "folder)")] = None,
@@ -457,8 +462,7 @@ def rich(
         raise _Fail(str(err)) from None
     if data.preproc is None:
         _say(f"no {data.labels.parent / 'rich_test_preproc.pt'}: the whole frame is the person box", "yellow")
-    with tempfile.TemporaryDirectory(prefix="unish-body-") as scratch:
-        body = _load_body(body_model, options.tiny_random, Path(scratch))
+    body = options.body()
     by_name = {s.vid: s for s in seqs}
     predictor, desc = options.predictor(
         lambda: GroundTruthPredictor(smpl_of=lambda name: rich_gt_smpl(by_name[name])),
