@@ -17,7 +17,8 @@ tracked box (`min_box_fill`), or mostly outside it (`min_in_box`: SAM2 jumped to
 The label entries (`mask_bits`, `format`, `area`: packed bits, deflated) are the on-disk mask format of
 `shards.mask_codec` (`pack_masks` / `unpack_masks`), plus `stats`: what the stage measured (per-frame box fill
 and share inside the box, prompt frame). Box arithmetic (filling the frames where the track is absent, growing,
-rasterising) is `unish_model.boxes`.
+rasterising) is `unish_model.boxes`. `person_masks` runs a masks stage on one tracked person outside curation
+(`unish infer`), falling back to the box where the stage loses the mask.
 """
 from __future__ import annotations
 

@@ -3,6 +3,10 @@
 The curation flow runs, per clip window: decode -> [labelling stages, in profile order] -> pack.
 A labelling stage is any object that satisfies `LabelStage`; registering it under a name lets a
 profile (or `--stages`) put it between decode and pack without touching the flow.
+
+Shared by every stage: `split_params` (a stage's keyword parameters into its config dataclasses), `pick_device`,
+`package_version` (the provenance record of the library a backend ran on) and `BackendUnavailable` (a backend's
+library lacks a part it needs).
 """
 from __future__ import annotations
 
