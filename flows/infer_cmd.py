@@ -52,11 +52,12 @@ class InferConfig:
     solver: str = "torch"
     start_s: float | None = None
     end_s: float | None = None
-    ply_conf: float = 0.1  # confidence a pixel needs for the fused cloud
-    voxel_size: float | None = None  # metres; None: 1/200 of the first frame's median depth
-    max_cloud_points: int = 1_000_000
-    rrd_points_per_frame: int = 20_000
-    glb_max_frames: int = 60
+    # what the output files keep (meaning and defaults: unish_model.reconstruction.OutputOptions)
+    ply_conf: float = OutputOptions.ply_conf
+    voxel_size: float | None = OutputOptions.voxel_size
+    max_cloud_points: int = OutputOptions.max_cloud_points
+    rrd_points_per_frame: int = OutputOptions.rrd_points_per_frame
+    glb_max_frames: int = OutputOptions.glb_max_frames
 
     def output_options(self) -> OutputOptions:
         return OutputOptions(fps=self.fps, ply_conf=self.ply_conf, voxel_size=self.voxel_size,
