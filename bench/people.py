@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 import tasks.people as people  # noqa: E402  (sets Ultralytics' switches before it is imported)
-from tasks.stage import ClipRejected, ClipWindow  # noqa: E402
+from tasks.stage import BackendUnavailable, ClipRejected, ClipWindow  # noqa: E402
 from tasks.weights import weights_path  # noqa: E402
 
 
@@ -125,7 +125,7 @@ def main() -> None:
     for label, make in backends.items():
         try:
             seconds, outcomes = time_stage(make(), clips, args.repeats)
-        except people.BackendUnavailable as e:
+        except BackendUnavailable as e:
             print(f"| {label:<36} | {'-':>8} | {'-':>8} | {'-':>13} | unavailable: {e}")
             continue
         per_window = seconds / len(clips)

@@ -2,7 +2,7 @@
 
 `unish eval bonn|emdb|rich --root DIR [--weights FILE | --tiny-random | --oracle] --out DIR` runs the model over
 the benchmark in windows of 30 frames (stitched into one world frame and metric scale; see
-`unish_model.evaluate` for every protocol choice), prints a table per sequence and the overall row, and writes
+`unish_model.eval` for every protocol choice), prints a table per sequence and the overall row, and writes
 `results.json` and `results.md` under `--out` (with `--save-predictions`, also `predictions/<sequence>.npz`: the
 arrays the metrics were computed from).  Weights default to the weights folder's `unish_release`; the motion
 benchmarks need SMPL (`--body-model`, default the weights folder's SMPL_NEUTRAL); RICH's ground truth also needs
@@ -23,9 +23,11 @@ jitter (10 m/s^3) and foot sliding (mm).
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import tempfile
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -147,6 +149,7 @@ WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="UniSH wei
 TinyOpt = Annotated[bool, typer.Option("--tiny-random", help="tiny random model (smoke tests only: meaningless "
                                        "numbers)")]
 OracleOpt = Annotated[bool, typer.Option("--oracle", help="feed the ground truth instead of a model (plumbing check)")]
+OutOpt = Annotated[Path, typer.Option("--out", help="folder for results.json and results.md (and predictions/)")]
 MaxSeqOpt = Annotated[Optional[int], typer.Option("--max-sequences", min=1, help="only the first N sequences")]
 SeqOpt = Annotated[Optional[list[str]], typer.Option("--sequence", help="only these sequences (repeatable)")]
 WindowOpt = Annotated[int, typer.Option("--window", min=1, help="frames per model window")]
@@ -159,24 +162,108 @@ BodyOpt = Annotated[Optional[Path], typer.Option("--body-model", help="SMPL .npz
                                                  "weights folder's SMPL_NEUTRAL)")]
 
 
-def _out_option() -> Any:
-    return typer.Option("--out", help="folder for results.json and results.md (and predictions/)")
+@dataclass(frozen=True)
+class BenchmarkOptions:
+    """The options every `unish eval <benchmark>` command takes (see `_shared_parameters`)."""
+
+    root: Path
+    weights: Optional[Path]
+    tiny_random: bool
+    oracle: bool
+    out: Path
+    max_sequences: Optional[int]
+    sequence: Optional[list[str]]
+    window: int
+    stride: int
+    long_side: int
+    device: str
+    solver: str
+    save_predictions: bool
+    body_model: Optional[Path] = None  # the motion benchmarks' --body-model
+
+    def check(self) -> None:
+        """Refuse contradictory predictor flags and a bad window plan before any file is read."""
+        if self.oracle and (self.weights is not None or self.tiny_random):
+            raise typer.BadParameter("--oracle runs no model: drop --weights / --tiny-random")
+        if self.weights is not None and self.tiny_random:
+            raise typer.BadParameter("--tiny-random builds a random model: drop --weights")
+        self.window_config()
+
+    def window_config(self) -> Any:
+        from unish_model.eval.windows import WindowConfig
+
+        try:
+            return WindowConfig(window=self.window, stride=self.stride, long_side=self.long_side)
+        except ValueError as err:
+            raise typer.BadParameter(str(err)) from err
+
+    def predictor(self, oracle: Callable[[], Any], oracle_desc: str) -> tuple[Any, str]:
+        """The ground truth (`oracle()`, with --oracle) or UniSH as the predictor, and a description of it."""
+        if self.oracle:
+            return oracle(), oracle_desc
+        return _model_predictor(self.weights, self.tiny_random, self.device, self.solver)
+
+    def body(self) -> Any:
+        """The evaluation's SMPL body model (--body-model, the weights folder's, or with --tiny-random a synthetic
+        one)."""
+        with tempfile.TemporaryDirectory(prefix="unish-body-") as scratch:
+            return _load_body(self.body_model, self.tiny_random, Path(scratch))
+
+    def sink(self) -> Optional[Callable[[str, dict[str, np.ndarray]], None]]:
+        """With --save-predictions, where each sequence's arrays go: predictions/<sequence>.npz."""
+        if not self.save_predictions:
+            return None
+        folder = self.out / "predictions"
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def write(name: str, arrays: dict[str, np.ndarray]) -> None:
+            np.savez(folder / f"{name.replace('/', '@')}.npz", **arrays)
+
+        return write
 
 
-def _window_config(window: int, stride: int, long_side: int) -> Any:
-    from unish_model.evaluate import WindowConfig
+def _shared_parameters(benchmark: str, motion: bool) -> tuple[list[inspect.Parameter], list[inspect.Parameter]]:
+    """The shared options as (those listed before a command's own, those after); motion benchmarks add
+    --body-model."""
+    def option(name: str, annotation: Any, default: Any = inspect.Parameter.empty) -> inspect.Parameter:
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
 
-    try:
-        return WindowConfig(window=window, stride=stride, long_side=long_side)
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from err
+    before = [option("root", RootOpt), option("weights", WeightsOpt, None), option("tiny_random", TinyOpt, False),
+              option("oracle", OracleOpt, False)] + ([option("body_model", BodyOpt, None)] if motion else [])
+    after = [option("out", OutOpt, Path("eval_results") / benchmark), option("max_sequences", MaxSeqOpt, None),
+             option("sequence", SeqOpt, None), option("window", WindowOpt, 30), option("stride", StrideOpt, 25),
+             option("long_side", LongSideOpt, 518), option("device", DeviceOpt, "cpu"),
+             option("solver", SolverOpt, "torch"), option("save_predictions", SaveOpt, False)]
+    return before, after
+
+
+def _benchmark_command(benchmark: str, motion: bool = False) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register `unish eval <benchmark>`: `run(options, **own)` gets the shared options as `BenchmarkOptions`,
+    checked, and its own options as keywords; the command line lists the shared ones and its own."""
+    def register(run: Callable[..., None]) -> Callable[..., None]:
+        own = list(inspect.signature(run, eval_str=True).parameters.values())[1:]
+        before, after = _shared_parameters(benchmark, motion)
+        shared = [p.name for p in before + after]
+
+        def command(**kwargs: Any) -> None:
+            options = BenchmarkOptions(**{name: kwargs.pop(name) for name in shared})
+            options.check()
+            _guard(lambda: run(options, **kwargs))
+
+        command.__name__, command.__doc__ = run.__name__, run.__doc__
+        command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            before + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + after)
+        eval_app.command(benchmark)(command)
+        return run
+
+    return register
 
 
 def _model_predictor(weights: Optional[Path], tiny_random: bool, device: str, solver: str) -> tuple[Any, str]:
     """UniSH as a predictor, and a description of it for the results."""
-    from flows.infer_cmd import load_model
+    from flows.models import load_model
     from tasks.weights import WeightsError, how_to_get, spec
-    from unish_model.evaluate import UniSHPredictor
+    from unish_model.runner import UniSHPredictor
 
     if solver not in ("torch", "scipy"):
         raise typer.BadParameter(f"--solver must be torch or scipy, got {solver!r}")
@@ -193,15 +280,8 @@ def _model_predictor(weights: Optional[Path], tiny_random: bool, device: str, so
     return UniSHPredictor(model, device=device, solver=solver), desc
 
 
-def _check_predictor_flags(oracle: bool, weights: Optional[Path], tiny_random: bool) -> None:
-    if oracle and (weights is not None or tiny_random):
-        raise typer.BadParameter("--oracle runs no model: drop --weights / --tiny-random")
-    if weights is not None and tiny_random:
-        raise typer.BadParameter("--tiny-random builds a random model: drop --weights")
-
-
 def _load_body(path: Optional[Path], tiny_random: bool, scratch: Path) -> Any:
-    from flows.infer_cmd import load_body_model
+    from flows.models import load_body_model
 
     if path is not None and not path.is_file():
         raise _Fail(f"body model {path} not found (an .npz in SMPL's layout; see unish_model.body)")
@@ -214,21 +294,9 @@ def _load_body(path: Optional[Path], tiny_random: bool, scratch: Path) -> Any:
     return body
 
 
-def _sink(out: Path, save: bool) -> Optional[Callable[[str, dict[str, np.ndarray]], None]]:
-    if not save:
-        return None
-    folder = out / "predictions"
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def write(name: str, arrays: dict[str, np.ndarray]) -> None:
-        np.savez(folder / f"{name.replace('/', '@')}.npz", **arrays)
-
-    return write
-
-
 def _finish(result: Any, out: Path, title: str, predictor: str) -> None:
     """Print the table, write results.json and results.md."""
-    from unish_model.evaluate import METRIC_LABELS
+    from unish_model.eval.results import METRIC_LABELS
 
     result.protocol = {"predictor": predictor, **result.protocol}
     table = Table(title=title, header_style="bold")
@@ -263,7 +331,7 @@ def _clean_all(value: Any) -> Any:
 
 def _guard(run: Callable[[], None]) -> None:
     """Run a benchmark; user-fixable problems end with their message and exit code 2."""
-    from unish_model.evaluate import BenchmarkLayoutError
+    from unish_model.benchmarks.layout import BenchmarkLayoutError
 
     try:
         run()
@@ -272,42 +340,24 @@ def _guard(run: Callable[[], None]) -> None:
         raise typer.Exit(2) from None
 
 
-@eval_app.command("bonn")
+@_benchmark_command("bonn")
 def bonn(
-    root: RootOpt,
-    weights: WeightsOpt = None,
-    tiny_random: TinyOpt = False,
-    oracle: OracleOpt = False,
-    out: Annotated[Path, _out_option()] = Path("eval_results/bonn"),
-    max_sequences: MaxSeqOpt = None,
-    sequence: SeqOpt = None,
-    window: WindowOpt = 30,
-    stride: StrideOpt = 25,
-    long_side: LongSideOpt = 518,
+    options: BenchmarkOptions,
     align: Annotated[str, typer.Option("--align", help="scale&shift (pi3's default) | scale | median | metric")]
     = "scale&shift",
-    device: DeviceOpt = "cpu",
-    solver: SolverOpt = "torch",
-    save_predictions: SaveOpt = False,
 ) -> None:
     """Bonn RGB-D Dynamic video depth (Abs Rel, delta < 1.25), as pi3 / CUT3R / MonST3R."""
-    from unish_model.evaluate import GroundTruthPredictor, bonn_depth_of, bonn_sequences, evaluate_bonn
+    from unish_model.benchmarks.bonn import bonn_depth_of, bonn_sequences
+    from unish_model.eval.bonn import evaluate_bonn
+    from unish_model.eval.predictors import GroundTruthPredictor
 
-    _check_predictor_flags(oracle, weights, tiny_random)
     if align not in ALIGN_MODES:
         raise typer.BadParameter(f"--align must be one of {ALIGN_MODES}")
-    config = _window_config(window, stride, long_side)
-
-    def run() -> None:
-        seqs = bonn_sequences(root, sequence, max_sequences)
-        if oracle:
-            predictor, desc = GroundTruthPredictor(depth_of=bonn_depth_of(seqs)), "oracle (ground-truth depth)"
-        else:
-            predictor, desc = _model_predictor(weights, tiny_random, device, solver)
-        result = evaluate_bonn(seqs, predictor, config, align=align, log=_say, sink=_sink(out, save_predictions))
-        _finish(result, out, "UniSH on Bonn (video depth)", desc)
-
-    _guard(run)
+    seqs = bonn_sequences(options.root, options.sequence, options.max_sequences)
+    predictor, desc = options.predictor(lambda: GroundTruthPredictor(depth_of=bonn_depth_of(seqs)),
+                                        "oracle (ground-truth depth)")
+    result = evaluate_bonn(seqs, predictor, options.window_config(), align=align, log=_say, sink=options.sink())
+    _finish(result, options.out, "UniSH on Bonn (video depth)", desc)
 
 
 def _gendered_smpl(body_model: Optional[Path], gt_body_dir: Optional[Path]) -> dict[str, Any]:
@@ -327,59 +377,37 @@ def _gendered_smpl(body_model: Optional[Path], gt_body_dir: Optional[Path]) -> d
     return found
 
 
-@eval_app.command("emdb")
+@_benchmark_command("emdb", motion=True)
 def emdb(
-    root: RootOpt,
-    weights: WeightsOpt = None,
-    tiny_random: TinyOpt = False,
-    oracle: OracleOpt = False,
-    body_model: BodyOpt = None,
+    options: BenchmarkOptions,
     gt_body_dir: Annotated[Optional[Path], typer.Option("--gt-body-dir", help="folder with SMPL_MALE.npz / "
                            "SMPL_FEMALE.npz for the ground truth (default: next to --body-model)")] = None,
     split: Annotated[int, typer.Option("--split", help="EMDB split (2: world motion)")] = 2,
-    out: Annotated[Path, _out_option()] = Path("eval_results/emdb"),
-    max_sequences: MaxSeqOpt = None,
-    sequence: SeqOpt = None,
-    window: WindowOpt = 30,
-    stride: StrideOpt = 25,
-    long_side: LongSideOpt = 518,
-    device: DeviceOpt = "cpu",
-    solver: SolverOpt = "torch",
-    save_predictions: SaveOpt = False,
 ) -> None:
     """EMDB-2 world motion (WA-MPJPE, W-MPJPE, RTE, jitter, foot sliding), as GVHMR / WHAM."""
-    from unish_model.evaluate import GroundTruthPredictor, emdb_gt_smpl, emdb_motion_sequence, emdb_sequences, \
-        evaluate_motion
+    from unish_model.benchmarks.emdb import emdb_gt_smpl, emdb_motion_sequence, emdb_sequences
+    from unish_model.eval.motion import evaluate_motion
+    from unish_model.eval.predictors import GroundTruthPredictor
 
-    _check_predictor_flags(oracle, weights, tiny_random)
     if split not in (1, 2):
         raise typer.BadParameter("--split must be 1 or 2")
-    config = _window_config(window, stride, long_side)
+    seqs = emdb_sequences(options.root, split, options.sequence, options.max_sequences)
+    body = options.body()
+    gendered = _gendered_smpl(options.body_model, gt_body_dir)
+    by_name = {s.name: s for s in seqs}
+    predictor, desc = options.predictor(
+        lambda: GroundTruthPredictor(smpl_of=lambda name: emdb_gt_smpl(by_name[name])), "oracle (ground-truth SMPL)")
 
-    def run() -> None:
-        seqs = emdb_sequences(root, split, sequence, max_sequences)
-        with tempfile.TemporaryDirectory(prefix="unish-body-") as scratch:
-            body = _load_body(body_model, tiny_random, Path(scratch))
-        gendered = _gendered_smpl(body_model, gt_body_dir)
-        if oracle:
-            by_name = {s.name: s for s in seqs}
-            predictor = GroundTruthPredictor(smpl_of=lambda name: emdb_gt_smpl(by_name[name]))
-            desc = "oracle (ground-truth SMPL)"
-        else:
-            predictor, desc = _model_predictor(weights, tiny_random, device, solver)
+    def motion_sequences() -> Any:
+        for seq in seqs:
+            gt_body, name = gendered.get(seq.gender, (body, f"neutral (no SMPL_{seq.gender.upper()}.npz)"))
+            yield emdb_motion_sequence(seq, gt_body, body, name)
 
-        def motion_sequences() -> Any:
-            for seq in seqs:
-                gt_body, name = gendered.get(seq.gender, (body, f"neutral (no SMPL_{seq.gender.upper()}.npz)"))
-                yield emdb_motion_sequence(seq, gt_body, body, name)
-
-        result = evaluate_motion("emdb", motion_sequences(), predictor, body, config, log=_say,
-                                 sink=_sink(out, save_predictions),
-                                 protocol={"split": f"EMDB-{split}", "mask": "good_frames_mask",
-                                           "gt": "SMPL of the annotated gender (neutral when not given)"})
-        _finish(result, out, f"UniSH on EMDB-{split} (world motion)", desc)
-
-    _guard(run)
+    result = evaluate_motion("emdb", motion_sequences(), predictor, body, options.window_config(), log=_say,
+                             sink=options.sink(),
+                             protocol={"split": f"EMDB-{split}", "mask": "good_frames_mask",
+                                       "gt": "SMPL of the annotated gender (neutral when not given)"})
+    _finish(result, options.out, f"UniSH on EMDB-{split} (world motion)", desc)
 
 
 def _first_file(names: list[str], folders: list[Path]) -> Optional[Path]:
@@ -390,80 +418,62 @@ def _first_file(names: list[str], folders: list[Path]) -> Optional[Path]:
     return None
 
 
-@eval_app.command("rich")
+@_benchmark_command("rich", motion=True)
 def rich(
-    root: RootOpt,
-    weights: WeightsOpt = None,
-    tiny_random: TinyOpt = False,
-    oracle: OracleOpt = False,
-    body_model: BodyOpt = None,
+    options: BenchmarkOptions,
     smplx_dir: Annotated[Optional[Path], typer.Option("--smplx-dir", help="folder with SMPLX_MALE.npz, "
                          "SMPLX_FEMALE.npz, SMPLX_NEUTRAL.npz (default: ROOT/body_models, then the weights "
                          "folder)")] = None,
     smplx2smpl: Annotated[Optional[Path], typer.Option("--smplx2smpl", help="GVHMR's smplx2smpl_sparse.pt "
                           "(default: in the SMPL-X folder)")] = None,
-    out: Annotated[Path, _out_option()] = Path("eval_results/rich"),
-    max_sequences: MaxSeqOpt = None,
-    sequence: SeqOpt = None,
-    window: WindowOpt = 30,
-    stride: StrideOpt = 25,
-    long_side: LongSideOpt = 518,
-    device: DeviceOpt = "cpu",
-    solver: SolverOpt = "torch",
-    save_predictions: SaveOpt = False,
 ) -> None:
     """RICH world motion (WA-MPJPE, W-MPJPE, RTE, jitter, foot sliding), as GVHMR / WHAM."""
     from tasks.weights import weights_dir
-    from unish_model.evaluate import GroundTruthPredictor, SmplxModel, evaluate_motion, find_rich, \
-        load_rich_preproc, load_smplx2smpl, rich_gt_smpl, rich_motion_sequence, rich_sequences
+    from unish_model.benchmarks.rich import find_rich, load_rich_preproc, load_smplx2smpl, rich_gt_smpl, \
+        rich_motion_sequence, rich_sequences
+    from unish_model.body import SmplxModel
+    from unish_model.eval.motion import evaluate_motion
+    from unish_model.eval.predictors import GroundTruthPredictor
 
-    _check_predictor_flags(oracle, weights, tiny_random)
-    config = _window_config(window, stride, long_side)
+    root = options.root
+    data = find_rich(root)
+    seqs = rich_sequences(data, options.sequence, options.max_sequences)
+    folders = [smplx_dir] if smplx_dir is not None else [root / "body_models", root / "body_models" / "smplx",
+                                                          weights_dir(), weights_dir() / "smplx"]
+    genders = sorted({s.gender for s in seqs})
+    smplx_files = {}
+    for g in genders:
+        path = _first_file([f"SMPLX_{g.upper()}.npz"], folders)
+        if path is None:
+            raise _Fail(f"RICH's ground truth needs SMPL-X: SMPLX_{g.upper()}.npz not found in "
+                        f"{', '.join(map(str, folders))}; register at https://smpl-x.is.tue.mpg.de, download "
+                        "the SMPL-X npz models and pass --smplx-dir")
+        smplx_files[g] = path
+    map_path = smplx2smpl or _first_file(["smplx2smpl_sparse.pt", "smplx2smpl.pt", "smplx2smpl.npz"],
+                                         [smplx_files[genders[0]].parent, *folders])
+    if map_path is None or not map_path.is_file():
+        raise _Fail(f"RICH's ground truth needs the SMPL-X -> SMPL vertex map: {map_path or 'smplx2smpl_sparse.pt'}"
+                    f" not found; take smplx2smpl_sparse.pt from GVHMR's body_models and pass --smplx2smpl")
+    try:
+        mapping = load_smplx2smpl(map_path)
+        smplx = {g: SmplxModel.from_file(p) for g, p in smplx_files.items()}
+        preproc = load_rich_preproc(data.preproc)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        raise _Fail(str(err)) from None
+    if data.preproc is None:
+        _say(f"no {data.labels.parent / 'rich_test_preproc.pt'}: the whole frame is the person box", "yellow")
+    body = options.body()
+    by_name = {s.vid: s for s in seqs}
+    predictor, desc = options.predictor(
+        lambda: GroundTruthPredictor(smpl_of=lambda name: rich_gt_smpl(by_name[name])),
+        "oracle (ground-truth SMPL-X parameters read as SMPL)")
 
-    def run() -> None:
-        data = find_rich(root)
-        seqs = rich_sequences(data, sequence, max_sequences)
-        folders = [smplx_dir] if smplx_dir is not None else [root / "body_models", root / "body_models" / "smplx",
-                                                              weights_dir(), weights_dir() / "smplx"]
-        genders = sorted({s.gender for s in seqs})
-        smplx_files = {}
-        for g in genders:
-            path = _first_file([f"SMPLX_{g.upper()}.npz"], folders)
-            if path is None:
-                raise _Fail(f"RICH's ground truth needs SMPL-X: SMPLX_{g.upper()}.npz not found in "
-                            f"{', '.join(map(str, folders))}; register at https://smpl-x.is.tue.mpg.de, download "
-                            "the SMPL-X npz models and pass --smplx-dir")
-            smplx_files[g] = path
-        map_path = smplx2smpl or _first_file(["smplx2smpl_sparse.pt", "smplx2smpl.pt", "smplx2smpl.npz"],
-                                             [smplx_files[genders[0]].parent, *folders])
-        if map_path is None or not map_path.is_file():
-            raise _Fail(f"RICH's ground truth needs the SMPL-X -> SMPL vertex map: {map_path or 'smplx2smpl_sparse.pt'}"
-                        f" not found; take smplx2smpl_sparse.pt from GVHMR's body_models and pass --smplx2smpl")
-        try:
-            mapping = load_smplx2smpl(map_path)
-            smplx = {g: SmplxModel.from_file(p) for g, p in smplx_files.items()}
-            preproc = load_rich_preproc(data.preproc)
-        except (FileNotFoundError, KeyError, ValueError) as err:
-            raise _Fail(str(err)) from None
-        if data.preproc is None:
-            _say(f"no {data.labels.parent / 'rich_test_preproc.pt'}: the whole frame is the person box", "yellow")
-        with tempfile.TemporaryDirectory(prefix="unish-body-") as scratch:
-            body = _load_body(body_model, tiny_random, Path(scratch))
-        if oracle:
-            by_name = {s.vid: s for s in seqs}
-            predictor = GroundTruthPredictor(smpl_of=lambda name: rich_gt_smpl(by_name[name]))
-            desc = "oracle (ground-truth SMPL-X parameters read as SMPL)"
-        else:
-            predictor, desc = _model_predictor(weights, tiny_random, device, solver)
+    def motion_sequences() -> Any:
+        for seq in seqs:
+            yield rich_motion_sequence(data, seq, preproc, smplx[seq.gender], mapping, body)
 
-        def motion_sequences() -> Any:
-            for seq in seqs:
-                yield rich_motion_sequence(data, seq, preproc, smplx[seq.gender], mapping, body)
-
-        result = evaluate_motion("rich", motion_sequences(), predictor, body, config, log=_say,
-                                 sink=_sink(out, save_predictions),
-                                 protocol={"gt": "gendered SMPL-X -> SMPL vertices (smplx2smpl) -> SMPL J_regressor",
-                                           "frames": "every labelled frame"})
-        _finish(result, out, "UniSH on RICH (world motion)", desc)
-
-    _guard(run)
+    result = evaluate_motion("rich", motion_sequences(), predictor, body, options.window_config(), log=_say,
+                             sink=options.sink(),
+                             protocol={"gt": "gendered SMPL-X -> SMPL vertices (smplx2smpl) -> SMPL J_regressor",
+                                       "frames": "every labelled frame"})
+    _finish(result, options.out, "UniSH on RICH (world motion)", desc)

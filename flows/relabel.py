@@ -18,7 +18,6 @@ each clip written into a sidecar's temp file, so a SIGKILL reliably lands mid-sh
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import threading
@@ -47,7 +46,7 @@ from shards.sidecar import (
     list_label_versions, main_shards, read_rows, read_version_info, rows_path, sidecar_members, sidecar_path,
     version_dir, version_id, write_json_atomic, write_labels_table,
 )
-from tasks.stage import ClipRejected, ClipWindow, LabelStage, build_stage, registered_stages
+from tasks.stage import ClipRejected, ClipWindow, LabelStage, build_stage
 
 FAULT_DELAY_ENV = "UNISH_FAULT_RELABEL_DELAY_S"
 
@@ -71,22 +70,13 @@ _STAGES: dict[str, tuple[LabelStage, threading.Lock]] = {}
 _STAGES_LOCK = threading.Lock()
 
 
-def _build(name: str, params: dict[str, Any]) -> LabelStage:
-    if name not in registered_stages():
-        # Stage modules live at tasks/<family>.py and register on import; the profile list may not name it.
-        try:
-            importlib.import_module(f"tasks.{name.split(':')[0]}")
-        except ImportError:
-            pass
-    return build_stage(name, **params)
-
-
 def get_stage(config: RelabelConfig) -> tuple[LabelStage, threading.Lock]:
     """Build and set up the stage (fails fast on missing weights), shared by the flow's threads."""
     cache_key = json.dumps([config.stage_name, config.params], sort_keys=True, default=str)
     with _STAGES_LOCK:
         if cache_key not in _STAGES:
-            stage = _build(config.stage_name, dict(config.params))
+            # build_stage imports every stage module; one that fails to import is named in its KeyError
+            stage = build_stage(config.stage_name, **dict(config.params))
             if stage.name != config.stage:
                 raise ValueError(f"stage {config.stage_name!r} writes the {stage.name!r} family, not {config.stage!r}")
             stage.setup()

@@ -1,1 +1,2 @@
-"""The on-disk format: clip records, WebDataset shards, the Parquet index, release manifests."""
+"""The on-disk format: clip records, WebDataset shards, the Parquet index, sidecar label versions, release
+manifests, and the label codecs (`depth_codec`, `mask_codec`)."""

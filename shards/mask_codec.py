@@ -2,11 +2,10 @@
 
 Entries of a clip's `masks` family (`masks.<entry>` members of its sample):
 
-| entry       | type                 | content                                                                      |
-| ----------- | -------------------- | ---------------------------------------------------------------------------- |
-| `mask_bits` | uint8 (N,)           | zlib stream of `np.packbits(mask, axis=-1, bitorder="big")`: T*H*ceil(W/8) bytes once inflated |
-| `format`    | json                 | `{"encoding": "packbits+zlib", "axis": -1, "bitorder": "big", "shape": [T, H, W]}` |
-| `area`      | int32 (T,)           | mask pixels per frame                                                        |
+    mask_bits  uint8 (N,)   a zlib stream of np.packbits(mask, axis=-1, bitorder="big"): the (T, H, W) bool
+                            mask as T*H*ceil(W/8) bytes once inflated
+    format     json         {"encoding": "packbits+zlib", "axis": -1, "bitorder": "big", "shape": [T, H, W]}
+    area       int32 (T,)   mask pixels per frame
 
 A person mask is long runs, so deflating the bits takes a 30-frame 518x294 clip from ~575 KB to ~20 KB.  Readers
 also accept the first format, `"encoding": "packbits"`, whose `mask_bits` are the packed bits as they are,

@@ -6,7 +6,10 @@
   (sky and undefined pixels out), intrinsics come from MoGe's focal recovery with the principal point
   at the image centre, converted to pixels (cx = W/2, cy = H/2: the convention of
   `unish_model.geometry.focal_to_intrinsics`). Weights: the official `moge-2-vitl` checkpoint from
-  the weights folder; the architecture is built from the config stored in the checkpoint.
+  the weights folder; the architecture is built from the config stored in the checkpoint, and the checkpoint
+  must hold exactly that architecture's weights (no key missing, none left over). A model without a mask head
+  gives no validity mask: the valid pixels are then the finite depths > 0, and the clip's `stats.moge_mask`
+  says false (true when MoGe's own mask was used).
 - `depth:none` (lite profile): no monocular depth model ships in any registry package, so the clip
   records depth as absent, with the reason; training stages that need depth read the family through
   `shards.depth_codec.from_entries`, which raises `DepthAbsent` naming the clip and the reason.
@@ -27,9 +30,11 @@ import numpy as np
 from shards import depth_codec
 from tasks.stage import (ClipRejected, ClipWindow, LabelStage, package_version, pick_device, register_stage,
                          split_params)
-from tasks.weights import REGISTRY, WeightsMissing, how_to_get, require, sha256_file, weights_path
+from tasks.weights import registry_or_file, sha256_file
 
-STAGE_VERSION = "1"
+# A stage's version is part of cache keys and label versions: bump it when the stage's output changes.
+MOGE_STAGE_VERSION = "2"  # 2: the depth stats say whether MoGe gave its validity mask (`moge_mask`)
+NO_DEPTH_STAGE_VERSION = "1"
 DEPTH_INVALID = "depth_invalid"
 
 # MoGe-2 ViT-L as the official training config (microsoft/MoGe configs/train/v2.json) defines it, without
@@ -78,17 +83,6 @@ class MogeConfig:
     min_valid_frac: float = 0.01
 
 
-def _resolve_moge_weights(weights: str) -> Path:
-    if weights in REGISTRY:
-        return require(weights)
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        hint = how_to_get(REGISTRY["moge-2-vitl"], weights_path("moge-2-vitl"))
-        raise WeightsMissing(f"MoGe weights {weights!r} not found: give a registry name or a local model.pt; "
-                             f"for the default: {hint}")
-    return path
-
-
 def load_moge_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(model_config, state_dict) of an official MoGe checkpoint, read without unpickling code."""
     import torch
@@ -111,7 +105,7 @@ class MogeDepthStage:
     """The `depth` labelling stage with MoGe-2."""
 
     name = "depth"
-    version = STAGE_VERSION
+    version = MOGE_STAGE_VERSION
 
     def __init__(self, config: MogeConfig | None = None):
         self.config = config or MogeConfig()
@@ -126,7 +120,8 @@ class MogeDepthStage:
         c = self.config
         if c.batch_size < 1:
             raise ValueError(f"depth:moge batch_size must be >= 1, got {c.batch_size}")
-        path = None if c.allow_random_weights else _resolve_moge_weights(c.weights)  # raises before torch work
+        path = None if c.allow_random_weights else registry_or_file(  # raises before torch work
+            c.weights, "MoGe", "moge-2-vitl", local="a local model.pt")
         import torch
         from moge.model.v2 import MoGeModel
 
@@ -140,9 +135,15 @@ class MogeDepthStage:
         else:
             model_config, state = load_moge_checkpoint(path)
             model = MoGeModel(**model_config)
-            missing, _unexpected = model.load_state_dict(state, strict=False)
+            # strict, like every other converter: the architecture is built from the checkpoint's own config
+            expected = set(model.state_dict())
+            missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
             if missing:
                 raise ValueError(f"{path}: checkpoint lacks {len(missing)} weights of its own config, e.g. {missing[:3]}")
+            if unexpected:
+                raise ValueError(f"{path}: checkpoint has {len(unexpected)} weights its own config does not build, "
+                                 f"e.g. {unexpected[:3]}")
+            model.load_state_dict(state, strict=True)
             self.weights_sha256 = sha256_file(path)
         self.model = model.to(device).eval()
         self.effective = {
@@ -151,15 +152,16 @@ class MogeDepthStage:
             "random_weights": path is None,
         }
 
-    def infer(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(depth float32 (T,H,W), valid bool (T,H,W), K float32 (T,3,3) in pixels) for uint8 RGB frames."""
+    def infer(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """(depth float32 (T,H,W), MoGe's validity mask bool (T,H,W) or None when the model gives none (no mask
+        head), K float32 (T,3,3) in pixels) for uint8 RGB frames."""
         self.setup()
         import torch
 
         c = self.config
         t_count, height, width = frames.shape[:3]
         depth = np.empty((t_count, height, width), np.float32)
-        valid = np.empty((t_count, height, width), bool)
+        valid: np.ndarray | None = np.empty((t_count, height, width), bool)
         k_norm = np.empty((t_count, 3, 3), np.float32)
         device = self.effective["device"]
         for s in range(0, t_count, c.batch_size):
@@ -171,7 +173,10 @@ class MogeDepthStage:
                 out = self.model.infer(x, num_tokens=c.num_tokens, resolution_level=c.resolution_level,
                                        apply_mask=False, force_projection=True, use_fp16=self.effective["fp16"])
             depth[s : s + len(x)] = out["depth"].float().cpu().numpy()
-            valid[s : s + len(x)] = out["mask"].cpu().numpy() if "mask" in out else True
+            if "mask" not in out:
+                valid = None
+            elif valid is not None:
+                valid[s : s + len(x)] = out["mask"].cpu().numpy()
             k_norm[s : s + len(x)] = out["intrinsics"].float().cpu().numpy()
         return depth, valid, pixel_intrinsics(k_norm, height, width)
 
@@ -194,7 +199,8 @@ class MogeDepthStage:
         depth, valid, intrinsics = self.infer(frames)
         enc = depth_codec.encode(depth, valid, self.config.max_rel_error)
         stats = depth_stats(depth, depth_codec.valid_pixels(depth, valid), clip.labels.get("masks"))
-        stats.update(bytes=enc.nbytes, max_rel_error=enc.max_rel_error, backend="moge")
+        stats.update(bytes=enc.nbytes, max_rel_error=enc.max_rel_error, backend="moge",
+                     moge_mask=valid is not None)
         clip.provenance[self.name] = self.provenance()
         bad = [i for i, f in enumerate(stats["valid_frac"]) if f < self.config.min_valid_frac]
         if bad:
@@ -216,7 +222,7 @@ def depth_stats(depth: np.ndarray, valid: np.ndarray, masks: dict[str, Any] | No
         "max_m": float(max((v.max() for v in vals if len(v)), default=0.0)),
     }
     if masks and "mask_bits" in masks:
-        from tasks.masks import unpack_masks
+        from shards.mask_codec import unpack_masks
 
         person = unpack_masks(masks)
         if person.shape == valid.shape:
@@ -242,7 +248,7 @@ class NoDepthStage:
     """`depth:none`: records that the clip has no depth, and why."""
 
     name = "depth"
-    version = STAGE_VERSION
+    version = NO_DEPTH_STAGE_VERSION
 
     def __init__(self, config: NoDepthConfig | None = None):
         self.config = config or NoDepthConfig()

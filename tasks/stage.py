@@ -3,6 +3,10 @@
 The curation flow runs, per clip window: decode -> [labelling stages, in profile order] -> pack.
 A labelling stage is any object that satisfies `LabelStage`; registering it under a name lets a
 profile (or `--stages`) put it between decode and pack without touching the flow.
+
+Shared by every stage: `split_params` (a stage's keyword parameters into its config dataclasses), `pick_device`,
+`package_version` (the provenance record of the library a backend ran on) and `BackendUnavailable` (a backend's
+library lacks a part it needs).
 """
 from __future__ import annotations
 
@@ -76,12 +80,26 @@ def pick_device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def package_version(dist: str) -> str:
-    """`<dist> <version>` for provenance records."""
-    try:
-        return f"{dist} {importlib.metadata.version(dist)}"
-    except importlib.metadata.PackageNotFoundError:
-        return f"{dist} (version unknown)"
+class BackendUnavailable(RuntimeError):
+    """A backend's library is missing a part it needs (every stage raises this one); the message says what to
+    install."""
+
+
+def package_version(dist: str, *alternatives: str, module: Any = None) -> str:
+    """`<name> <version>` for provenance records.
+
+    With `module`: `dist` and the module's `__version__`, the version the import really loaded (OpenCV and
+    Ultralytics are installed under several distribution names).  Otherwise the first installed distribution among
+    `dist` and `alternatives`, under its own name; when none is, `<last name> (version unknown)`."""
+    if module is not None:
+        return f"{dist} {getattr(module, '__version__', 'unknown')}"
+    names = (dist, *alternatives)
+    for name in names:
+        try:
+            return f"{name} {importlib.metadata.version(name)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return f"{names[-1]} (version unknown)"
 
 
 StageFactory = Callable[..., LabelStage]

@@ -174,6 +174,21 @@ def require(name: str) -> Path:
     return path
 
 
+def registry_or_file(weights: str, what: str, default: str, local: str = "a local .pt file",
+                     choices: Iterable[str] = ()) -> Path:
+    """A stage's `weights` parameter as a file: a registry name (the file must be in the weights folder) or a local
+    file.  A missing local file raises WeightsMissing naming `choices` (registry names) and how to get `default`."""
+    if weights in REGISTRY:
+        return require(weights)
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        names = f" ({', '.join(choices)})" if choices else ""
+        hint = how_to_get(REGISTRY[default], weights_path(default))
+        raise WeightsMissing(f"{what} weights {weights!r} not found: give a registry name{names} or {local}; "
+                             f"for the default: {hint}")
+    return path
+
+
 Opener = Callable[..., object]
 
 

@@ -1,4 +1,5 @@
-"""SMPL body model: blend shapes, skinning, joints, file layout (on a synthetic model in SMPL's layout)."""
+"""Body models: SMPL (blend shapes, skinning, joints, file layout, on a synthetic model in SMPL's layout), the
+official pickle's restricted converter, and SMPL-X on the same chain and skinning."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,8 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from unish_model.body import NUM_JOINTS, SMPL_PARENTS, BodyModel, synthetic_body_arrays, write_synthetic_body_model
+from unish_model.body import (NUM_JOINTS, SMPL_PARENTS, BodyModel, SmplxModel, synthetic_body_arrays,
+                              write_synthetic_body_model)
 from unish_model.geometry import axis_angle_to_matrix
 
 
@@ -235,3 +237,69 @@ def test_three_frames_of_axis_angle_are_not_read_as_one_matrix(tmp_path):
     torch.testing.assert_close(batched, one_by_one)
     as_matrices = model(axis_angle_to_matrix(aa), body).vertices
     torch.testing.assert_close(batched, as_matrices)
+
+
+# ----------------------------------------------------------------------------------------------- SMPL-X
+
+
+def smplx_from_smpl(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A 55-joint SMPL-X-layout model that equals the SMPL one when hands, jaw and eyes are at rest: joints 0-21 as
+    SMPL, SMPL's hand joints 22 / 23 become the first finger joints 25 / 40 (children of the wrists)."""
+    parents = [-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 15, 15, 15,
+               20, 25, 26, 20, 28, 29, 20, 31, 32, 20, 34, 35, 20, 37, 38,
+               21, 40, 41, 21, 43, 44, 21, 46, 47, 21, 49, 50, 21, 52, 53]
+    to_x = {j: j for j in range(22)} | {22: 25, 23: 40}
+    v = arrays["v_template"].shape[0]
+    jreg = np.zeros((55, v))
+    weights = np.zeros((v, 55))
+    posedirs = np.zeros((v, 3, 54 * 9))
+    for j, jx in to_x.items():
+        jreg[jx] = arrays["J_regressor"][j]
+        weights[:, jx] = arrays["weights"][:, j]
+        if j > 0:
+            posedirs[..., (jx - 1) * 9: jx * 9] = arrays["posedirs"][..., (j - 1) * 9: j * 9]
+    for jx in range(55):  # joints without an SMPL counterpart sit on their parent
+        if jx not in to_x.values():
+            jreg[jx] = jreg[parents[jx]]
+    return {"v_template": arrays["v_template"], "f": arrays["f"], "shapedirs": arrays["shapedirs"],
+            "posedirs": posedirs, "J_regressor": jreg, "weights": weights,
+            "kintree_table": np.stack([np.array(parents), np.arange(55)]), "hands_meanl": np.zeros(45),
+            "hands_meanr": np.zeros(45)}
+
+
+def test_smplx_model_equals_smpl_at_rest_hands(tmp_path: Path) -> None:
+    arrays = synthetic_body_arrays()
+    np.savez(tmp_path / "smpl.npz", **arrays)
+    body = BodyModel.from_file(tmp_path / "smpl.npz")
+    np.savez(tmp_path / "x.npz", **smplx_from_smpl(arrays))
+    smplx = SmplxModel.from_file(tmp_path / "x.npz")
+    rng = np.random.default_rng(0)
+    go, bp, betas, tr = rng.normal(size=(3, 3)), 0.3 * rng.normal(size=(3, 63)), rng.normal(size=(3, 10)), \
+        rng.normal(size=(3, 3))
+    vx = smplx.vertices(go, bp, betas, tr).numpy()
+    body_pose = np.concatenate([bp, np.zeros((3, 6))], axis=1).reshape(3, 23, 3)  # SMPL's hands at rest
+    vs = body(axis_angle_to_matrix(torch.from_numpy(go)), torch.from_numpy(body_pose), torch.from_numpy(betas),
+              torch.from_numpy(tr)).vertices.numpy()
+    np.testing.assert_allclose(vx, vs, atol=2e-5)
+
+
+def test_smplx_file_must_have_55_joints(tmp_path: Path) -> None:
+    np.savez(tmp_path / "smpl_as_smplx.npz", **synthetic_body_arrays(ring_size=4, rings=60))
+    with pytest.raises(ValueError, match="24 joints, expected 55"):
+        SmplxModel.from_file(tmp_path / "smpl_as_smplx.npz")
+
+
+def test_pickle_converter_command_line(tmp_path: Path) -> None:
+    """`python -m unish_model.body SMPL_NEUTRAL.pkl SMPL_NEUTRAL.npz`, as the README documents it."""
+    import subprocess
+    import sys
+
+    arrays = synthetic_body_arrays(seed=5, ring_size=4, rings=60)
+    _fake_official_pickle(tmp_path / "SMPL_NEUTRAL.pkl", arrays, 2)
+    repo = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-m", "unish_model.body", str(tmp_path / "SMPL_NEUTRAL.pkl"),
+                          str(tmp_path / "SMPL_NEUTRAL.npz")], cwd=repo, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert BodyModel.from_file(tmp_path / "SMPL_NEUTRAL.npz").num_vertices == len(arrays["v_template"])
+    usage = subprocess.run([sys.executable, "-m", "unish_model.body"], cwd=repo, capture_output=True, text=True)
+    assert usage.returncode == 1 and "usage: python -m unish_model.body" in usage.stderr

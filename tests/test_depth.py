@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from shards import depth_codec as dc
+from shards.mask_codec import pack_masks
 from shards.sample import ClipSample, decode_sample, encode_sample
 from tasks import depth as D
-from tasks.masks import pack_masks
 from tasks.stage import ClipRejected, ClipWindow, build_stage
 from tasks.weights import WeightsMissing
 
@@ -73,6 +73,7 @@ def test_moge_vitl_runs_on_real_frames_and_stores_within_the_bound(frames, moge_
     assert stats["bytes"] == entries["code_z"].nbytes < depth.nbytes / 2
     assert stats["valid_frac"] == [round(float(v.mean()), 4) for v in expected_valid]
     assert len(stats["person_valid_frac"]) == t  # valid share on the masks label's pixels
+    assert stats["moge_mask"] is True  # the validity is MoGe's own mask
 
 
 def test_batches_match_single_frame_inference(frames, moge_run):
@@ -133,6 +134,36 @@ def test_moge_loads_the_checkpoint_and_its_own_config(tmp_path, monkeypatch, fra
     torch.save({"model_config": copy.deepcopy(SMALL), "model": state}, path)
     with pytest.raises(ValueError, match="lacks 1 weights"):
         build_stage("depth:moge", device="cpu").setup()
+
+    state = {**src.state_dict(), "normal_head.0.weight": torch.zeros(1)}  # a head its own config does not build
+    torch.save({"model_config": copy.deepcopy(SMALL), "model": state}, path)
+    with pytest.raises(ValueError, match="1 weights its own config does not build.*normal_head"):
+        build_stage("depth:moge", device="cpu").setup()
+
+
+class _NoMaskMoge:
+    """A MoGe without a mask head: its output has no `mask`."""
+
+    def infer(self, x, **_):
+        t, _, h, w = x.shape
+        depth = torch.full((t, h, w), 2.0)
+        depth[:, :3] = float("inf")  # undefined pixels, which a mask head would have cut
+        k = torch.tensor([[0.8, 0, 0.5], [0, 1.4, 0.5], [0, 0, 1]]).expand(t, 3, 3)
+        return {"depth": depth, "intrinsics": k}
+
+
+def test_no_mask_from_moge_is_recorded_and_only_finite_depth_is_valid(frames):
+    stage = D.MogeDepthStage(D.MogeConfig(allow_random_weights=True, device="cpu"))
+    stage.model, stage.effective = _NoMaskMoge(), {"device": "cpu", "fp16": False, "random_weights": True}
+    depth, valid, _k = stage.infer(frames)
+    assert valid is None
+    clip = stage(make_clip(frames))
+    entries = clip.labels["depth"]
+    assert entries["stats"]["moge_mask"] is False
+    label = dc.from_entries(entries, key=clip.key)
+    np.testing.assert_array_equal(label.valid, np.isfinite(depth) & (depth > 0))
+    assert not label.valid[:, :3].any() and label.valid[:, 3:].all()
+    assert stage.version == D.MOGE_STAGE_VERSION == "2" and clip.provenance["depth"]["version"] == "2"
 
 
 def test_frames_without_valid_depth_reject_the_clip(frames):

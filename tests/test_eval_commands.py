@@ -20,21 +20,23 @@ import numpy as np
 import pytest
 import torch
 from test_benchmark_readers import _emdb_annotation, _rich_label, _write_bonn, _write_emdb
+from test_body import smplx_from_smpl
 from typer.testing import CliRunner
 
 from flows.eval_cmd import eval_app
 from unish_model.benchmarks import read_emdb_pickle
+from unish_model.benchmarks.bonn import bonn_depth_of, bonn_sequences
+from unish_model.benchmarks.emdb import emdb_gt_smpl, emdb_motion_sequence, emdb_sequences
 from unish_model.body import BodyModel, synthetic_body_arrays
-from unish_model.geometry import axis_angle_to_matrix
-from unish_model.evaluate import (
-    GroundTruthPredictor, SmplParams, SmplxModel, Window, WindowConfig, WindowPrediction, bonn_depth_of,
-    bonn_sequences, emdb_gt_smpl, emdb_motion_sequence, emdb_sequences, evaluate_bonn, evaluate_motion,
-    model_input_size, plan_windows,
-)
+from unish_model.eval.bonn import evaluate_bonn
+from unish_model.eval.motion import SmplParams, evaluate_motion
+from unish_model.eval.predictors import GroundTruthPredictor
+from unish_model.eval.windows import WindowConfig, model_input_size, plan_windows
+from unish_model.geometry import axis_angle_to_matrix, matrix_to_axis_angle
 from unish_model.metrics import aggregate_depth, aggregate_motion, evaluate_sequence, foot_sliding, \
     global_motion_metrics
 from unish_model.metrics.motion import SMPL_FOOT_VERTICES
-from unish_model.geometry import matrix_to_axis_angle
+from unish_model.runner import Window, WindowPrediction
 
 runner = CliRunner()
 EMDB_FRAMES = 55  # two windows of 30 (0-29, 25-54)
@@ -106,31 +108,6 @@ def emdb_root(tmp_path_factory) -> Path:
     return root
 
 
-def _smplx_from_smpl(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A 55-joint SMPL-X-layout model that equals the SMPL one when hands, jaw and eyes are at rest: joints 0-21 as
-    SMPL, SMPL's hand joints 22 / 23 become the first finger joints 25 / 40 (children of the wrists)."""
-    parents = [-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 15, 15, 15,
-               20, 25, 26, 20, 28, 29, 20, 31, 32, 20, 34, 35, 20, 37, 38,
-               21, 40, 41, 21, 43, 44, 21, 46, 47, 21, 49, 50, 21, 52, 53]
-    to_x = {j: j for j in range(22)} | {22: 25, 23: 40}
-    v = arrays["v_template"].shape[0]
-    jreg = np.zeros((55, v))
-    weights = np.zeros((v, 55))
-    posedirs = np.zeros((v, 3, 54 * 9))
-    for j, jx in to_x.items():
-        jreg[jx] = arrays["J_regressor"][j]
-        weights[:, jx] = arrays["weights"][:, j]
-        if j > 0:
-            posedirs[..., (jx - 1) * 9: jx * 9] = arrays["posedirs"][..., (j - 1) * 9: j * 9]
-    for jx in range(55):  # joints without an SMPL counterpart sit on their parent
-        if jx not in to_x.values():
-            jreg[jx] = jreg[parents[jx]]
-    return {"v_template": arrays["v_template"], "f": arrays["f"], "shapedirs": arrays["shapedirs"],
-            "posedirs": posedirs, "J_regressor": jreg, "weights": weights,
-            "kintree_table": np.stack([np.array(parents), np.arange(55)]), "hands_meanl": np.zeros(45),
-            "hands_meanr": np.zeros(45)}
-
-
 RICH_VIDS = ("test/Gym_010_dips2/cam_05", "test/ParkingLot2_009_overfence1/cam_04")
 
 
@@ -164,7 +141,7 @@ def rich_root(tmp_path_factory) -> Path:
     torch.save(preproc, support / "rich_test_preproc.pt")
     models = root / "body_models"
     models.mkdir()
-    smplx = _smplx_from_smpl(synthetic_body_arrays())
+    smplx = smplx_from_smpl(synthetic_body_arrays())
     for gender in ("MALE", "FEMALE"):
         np.savez(models / f"SMPLX_{gender}.npz", **smplx)
     v = smplx["v_template"].shape[0]
@@ -184,19 +161,6 @@ def test_windows_and_input_size() -> None:
     assert [int(w[0]) for w in plan_windows(90, 30, 30)] == [0, 30, 60]
     assert model_input_size(480, 640, 518) == (378, 518)  # Bonn: 388.5 floored to a multiple of 14
     assert model_input_size(1920, 1440, 518) == (518, 378)  # EMDB portrait
-
-
-def test_smplx_model_equals_smpl_at_rest_hands(body: BodyModel, tmp_path: Path) -> None:
-    np.savez(tmp_path / "x.npz", **_smplx_from_smpl(synthetic_body_arrays()))
-    smplx = SmplxModel.from_file(tmp_path / "x.npz")
-    rng = np.random.default_rng(0)
-    go, bp, betas, tr = rng.normal(size=(3, 3)), 0.3 * rng.normal(size=(3, 63)), rng.normal(size=(3, 10)), \
-        rng.normal(size=(3, 3))
-    vx = smplx.vertices(go, bp, betas, tr).numpy()
-    p = SmplParams.make(go, bp, betas, tr)
-    vs = body(axis_angle_to_matrix(torch.from_numpy(p.global_orient)), torch.from_numpy(p.body_pose).reshape(3, 23, 3),
-              torch.from_numpy(p.betas), torch.from_numpy(p.transl)).vertices.numpy()
-    np.testing.assert_allclose(vx, vs, atol=2e-5)
 
 
 # ----------------------------------------------------------------------------------------------- Bonn

@@ -10,8 +10,10 @@ import trimesh
 import typer
 from typer.testing import CliRunner
 
-from flows.infer_cmd import box_masks, choose_person, fill_boxes, infer
+from flows.infer_cmd import infer
+from tasks.people.choice import choose_person
 from tasks.people_filters import FrameDetections
+from unish_model.boxes import box_masks
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEO = REPO / "examples" / "media" / "vtest_20s.mp4"
@@ -152,19 +154,6 @@ def test_choose_person_prefers_prominent_then_continuity() -> None:
     np.testing.assert_allclose(choose_person(dets, previous), np.tile(small, (4, 1)))
     # low scores do not count; no one at all gives NaN boxes
     assert np.isnan(choose_person([_det([big], [1], [0.1])] * 3)).all()
-
-
-def test_fill_boxes_and_masks() -> None:
-    boxes = np.array([[0, 0, 10, 10], [np.nan] * 4, [20, 0, 30, 10], [np.nan] * 4])
-    filled, present = fill_boxes(boxes, 64, 48)
-    np.testing.assert_allclose(filled[1], [10, 0, 20, 10])  # interpolated
-    np.testing.assert_allclose(filled[3], [20, 0, 30, 10])  # held
-    assert present.tolist() == [True, False, True, False]
-    whole, none_present = fill_boxes(np.full((2, 4), np.nan), 64, 48)
-    np.testing.assert_allclose(whole, [[0, 0, 64, 48]] * 2)
-    assert not none_present.any()
-    m = box_masks(np.array([[2.0, 1.0, 5.0, 3.0]]), 6, 8)
-    assert m.shape == (1, 6, 8) and m.sum() == 3 * 2 and m[0, 1:3, 2:5].all()
 
 
 def test_hog_person_on_real_video(tmp_path: Path) -> None:

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from shards.sample import ClipSample, decode_sample, encode_sample
+from shards.mask_codec import unpack_masks
 from tasks import masks as M
 from tasks.stage import ClipRejected, ClipWindow, build_stage
 from tasks.weights import WeightsMissing
+from unish_model.boxes import box_mask, grow_box
 
 DATA = Path(__file__).parent / "data" / "labels"
 
@@ -29,13 +30,7 @@ def boxes() -> np.ndarray:
     return np.asarray(json.loads((DATA / "boxes.json").read_text())["boxes"], np.float32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # Two shared cores: one thread avoids OpenMP spinning against the other test processes.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: two shared cores, one torch thread
 
 
 def make_clip(frames: np.ndarray, boxes: np.ndarray, present: np.ndarray | None = None) -> ClipWindow:
@@ -73,43 +68,10 @@ class FixedSegmenter:
 
 
 def box_masks(boxes: np.ndarray, h: int, w: int, shrink: float = 0.2) -> np.ndarray:
-    return np.stack([M.box_mask(M.grow_box(b, -shrink, w, h), h, w) for b in boxes])
+    return np.stack([box_mask(grow_box(b, -shrink, w, h), h, w) for b in boxes])
 
 
-# ----------------------------------------------------------------------------------- storage, rule
-
-
-def test_packed_masks_round_trip_through_a_sample():
-    rng = np.random.default_rng(0)
-    masks = rng.random((3, 21, 294)) > 0.5  # 294 is not a multiple of 8
-    entries = M.pack_masks(masks)
-    assert entries["mask_bits"].ndim == 1 and entries["mask_bits"].dtype == np.uint8
-    assert entries["format"] == {"encoding": "packbits+zlib", "axis": -1, "bitorder": "big", "shape": [3, 21, 294]}
-    np.testing.assert_array_equal(entries["area"], masks.sum(axis=(1, 2)))
-    sample = ClipSample("k-000000000-000005000", np.zeros((3, 21, 294, 3), np.uint8), {}, {"masks": entries})
-    back = decode_sample(encode_sample(sample)).labels["masks"]
-    np.testing.assert_array_equal(M.unpack_masks(back), masks)
-    with pytest.raises(ValueError, match="does not match"):
-        M.unpack_masks({**back, "format": {**back["format"], "shape": [3, 21, 300]}})
-
-
-def test_person_shaped_masks_compress_far_below_one_bit_per_pixel():
-    h, w = 294, 518
-    yy, xx = np.mgrid[0:h, 0:w]
-    masks = np.stack([((xx - 200 - 3 * t) / 60.0) ** 2 + ((yy - 150) / 120.0) ** 2 < 1 for t in range(30)])
-    entries = M.pack_masks(masks)
-    assert entries["mask_bits"].nbytes < masks.size / 8 / 10  # > 10x smaller than the raw bits
-    np.testing.assert_array_equal(M.unpack_masks(entries), masks)
-
-
-def test_fill_boxes_interpolates_and_holds():
-    box = np.array([[0, 0, 10, 10], [np.nan] * 4, [20, 0, 30, 10], [np.nan] * 4], np.float32)
-    present = np.array([True, False, True, False])
-    filled = M.fill_boxes(box, present)
-    np.testing.assert_allclose(filled[1], [10, 0, 20, 10])
-    np.testing.assert_allclose(filled[3], [20, 0, 30, 10])
-    with pytest.raises(M.MissingUpstreamLabels):
-        M.fill_boxes(box, np.zeros(4, bool))
+# ---------------------------------------------------------------------------------------------- rule
 
 
 def test_good_masks_are_stored(frames, boxes):
@@ -119,7 +81,7 @@ def test_good_masks_are_stored(frames, boxes):
     stage = M.MasksStage(FixedSegmenter(masks))
     clip = stage(make_clip(frames, boxes, present))
     labels = clip.labels["masks"]
-    np.testing.assert_array_equal(M.unpack_masks(labels), masks)
+    np.testing.assert_array_equal(unpack_masks(labels), masks)
     assert labels["stats"]["lost_frames"] == [] and labels["stats"]["frames"] == 4
     # the absent frame's box was filled from its neighbours before segmenting
     np.testing.assert_allclose(stage.segmenter.seen_boxes[1], (boxes[0] + boxes[2]) / 2)
@@ -143,6 +105,13 @@ def test_lost_mask_in_one_frame_rejects_the_clip(frames, boxes, damage, why):
     assert info.value.rule == M.MASK_LOST == "mask_lost"
     assert info.value.stats["lost_frames"] == [2]
     assert why in info.value.detail
+
+
+def test_a_track_absent_in_every_frame_has_nothing_to_segment(frames, boxes):
+    stage = M.MasksStage(FixedSegmenter(np.zeros(frames.shape[:3], bool)))
+    with pytest.raises(M.MissingUpstreamLabels, match="present in no frame"):
+        stage(make_clip(frames, boxes, np.zeros(len(frames), bool)))
+    assert stage.segmenter.seen_boxes is None  # refused before the backend ran
 
 
 def test_masks_need_the_people_labels(frames):
@@ -207,7 +176,7 @@ def test_sam2_architecture_runs_on_real_frames(frames, boxes):
     assert calls["prompt"] == [(1, boxes[1].tolist(), 518, 294)]  # the box in frame pixels, on frame 1
     assert calls["propagate"] == [(1, False), (1, True)]
     labels = clip.labels["masks"]
-    masks = M.unpack_masks(labels)
+    masks = unpack_masks(labels)
     assert masks.shape == (4, 518, 294)  # the stored frame size, not the predictor's 256
     assert (labels["area"] > 0).all()
     np.testing.assert_array_equal(labels["area"], masks.sum(axis=(1, 2)))
@@ -233,15 +202,15 @@ def mediapipe_stage():
 
 def test_mediapipe_segments_the_person_inside_the_box(frames, boxes, mediapipe_stage):
     clip = mediapipe_stage(make_clip(frames, boxes))
-    masks = M.unpack_masks(clip.labels["masks"])
+    masks = unpack_masks(clip.labels["masks"])
     h, w = frames.shape[1:3]
     for i, b in enumerate(boxes):
-        box_area = M.box_mask(b, h, w).sum()
+        box_area = box_mask(b, h, w).sum()
         # a person fills a good part of the box but not all of it (a box-filling mask would be wrong)
         assert 0.15 < masks[i].sum() / box_area < 0.8
-        assert not (masks[i] & ~M.box_mask(M.grow_box(b, 0.05, w, h), h, w)).any()
+        assert not (masks[i] & ~box_mask(grow_box(b, 0.05, w, h), h, w)).any()
     # hand-picked pixels of frame 0: the torso is in; the treadmill inside the box, right of the feet, is out
-    assert M.box_mask(boxes[0], h, w)[300, 150]
+    assert box_mask(boxes[0], h, w)[300, 150]
     assert masks[0, 180, 112] and not masks[0, 300, 150] and not masks[0, 250, 150]
     prov = clip.provenance["masks"]
     bundled = Path(__import__("mediapipe").__file__).parent / "modules/selfie_segmentation/selfie_segmentation.tflite"

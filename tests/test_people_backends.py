@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from tasks.people import (
-    BackendUnavailable,
     HogBackend,
     IoUTracker,
     PeopleStage,
@@ -26,8 +25,9 @@ from tasks.people import (
 )
 from tasks.people_filters import FrameDetections
 from tasks.profiles import PROFILES, stages_for_profile
-from tasks.stage import ClipRejected, ClipWindow
+from tasks.stage import BackendUnavailable, ClipRejected, ClipWindow
 from tasks.weights import WeightsMissing
+from unish_model.boxes import box_iou
 
 DATA = Path(__file__).parent / "data" / "people"
 W, H = 518, 294
@@ -249,14 +249,14 @@ def test_hog_finds_the_man_on_the_box():
     b = hog_or_skip()
     boxes, scores = b.detect_frame(sports("000")[0])
     assert len(boxes) == 1 and scores[0] > 0.5
-    assert people.box_iou(boxes, MAN_ON_BOX)[0, 0] > 0.4
+    assert box_iou(boxes, MAN_ON_BOX)[0, 0] > 0.4
 
 
 def test_hog_finds_both_people_and_the_stage_rejects_the_window():
     b = hog_or_skip()
     boxes, _ = b.detect_frame(sports("080")[0])
     assert len(boxes) == 2
-    assert people.box_iou(boxes, MAN_ON_BOX).max() > 0.4 and people.box_iou(boxes, WALKER).max() > 0.4
+    assert box_iou(boxes, MAN_ON_BOX).max() > 0.4 and box_iou(boxes, WALKER).max() > 0.4
 
     stage = hog_people_stage()
     clip = ClipWindow("v-000000000-000000500", "v", 0.0, 0.5, sports("000", "005", "080"), np.arange(3) / 6)
@@ -275,7 +275,7 @@ def test_hog_stage_keeps_a_single_person_window_with_labels():
     lab = out.labels["people"]
     assert lab["box"].shape == (2, 4) and lab["box"].dtype == np.float32
     assert lab["present"].tolist() == [True, True] and int(lab["track_id"]) == 1
-    assert people.box_iou(lab["box"][:1], MAN_ON_BOX)[0, 0] > 0.4
+    assert box_iou(lab["box"][:1], MAN_ON_BOX)[0, 0] > 0.4
     assert lab["stats"]["mean_height_ratio"] > 0.4
     prov = out.provenance["people"]
     assert prov["backend"] == "hog" and prov["package_version"].startswith("opencv ")

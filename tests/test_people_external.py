@@ -21,7 +21,6 @@ from tasks.people import (
     ExternalBackend,
     ExternalConfig,
     PeopleStage,
-    clip_to_frame,
     external_people_stage,
     load_detections,
     match_frame_times,
@@ -115,12 +114,6 @@ def test_pose2sim_geometry_maps_source_boxes_to_model_pixels():
                                [expected_portrait(b) for b in boxes], atol=1e-9)
     # the frame's far corner lands on the model frame's far corner (plus the 3 rows cropped at the bottom)
     np.testing.assert_allclose(source_to_model_boxes([[0, 0, 1080, 1920]], geom.to_dict()), [[0, -2, 294, 521]])
-
-
-def test_clip_to_frame_keeps_partly_visible_boxes_on_the_border():
-    boxes, keep = clip_to_frame(np.array([[-10, 5, 50, 100], [300, 10, 320, 50], [10, 10, 20, 20]]), 294, 518)
-    assert keep.tolist() == [True, False, True]
-    np.testing.assert_allclose(boxes[0], [0, 5, 50, 100])
 
 
 def _ffmpeg(*args: str) -> None:

@@ -15,7 +15,6 @@ from tasks.people_filters import (
     TRUNCATED,
     FrameDetections,
     PeopleFilterParams,
-    box_iou,
     evaluate_people,
 )
 
@@ -246,12 +245,6 @@ def test_main_track_is_the_most_present_one():
     frames = clip(**{f"f{i}": [person(tid=7)] for i in range(3)})  # id 7 for 3 frames, id 1 for 27
     v = evaluate_people(frames, W, H)
     assert v.track_id == 1 and v.present.sum() == 27 and v.rule is None
-
-
-def test_box_iou_values():
-    a = np.array([[0, 0, 10, 10]], float)
-    b = np.array([[5, 0, 15, 10], [10, 0, 20, 10], [0, 0, 10, 10]], float)
-    np.testing.assert_allclose(box_iou(a, b), [[50 / 150, 0.0, 1.0]])
 
 
 def test_frame_detections_checks_lengths():

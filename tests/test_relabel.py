@@ -254,3 +254,16 @@ def test_sidecar_bytes_decode_to_the_reader_labels(relabelled):
         raw = decode_npy(tar.extractfile(f"{key}.keypoints.joints2d.npy").read())
     clip = next(c for c in iter_clips_with_labels(out, {"keypoints": summary["version"]}) if c.key == key)
     np.testing.assert_array_equal(clip.labels["keypoints"]["joints2d"], raw)
+
+
+def test_a_stage_module_that_fails_to_import_is_named(monkeypatch) -> None:
+    """relabel builds its stage through the registry: a stage module that cannot be imported is reported, not
+    swallowed into a bare 'unknown stage'."""
+    import tasks.stage as stage_registry
+    from flows.relabel import get_stage
+
+    monkeypatch.setattr(stage_registry, "BUILTIN_STAGE_MODULES",
+                        [*stage_registry.BUILTIN_STAGE_MODULES, "tasks.no_such_family"])
+    monkeypatch.setattr(stage_registry, "_IMPORT_ERRORS", {})
+    with pytest.raises(KeyError, match="unknown stage 'no_such_family:x'.*tasks.no_such_family could not be imported"):
+        get_stage(RelabelConfig(stage="no_such_family", backend="x"))

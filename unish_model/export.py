@@ -8,6 +8,7 @@ voxel (`VoxelFusion`, bounded by `max_points`), and the `.rrd` is logged frame b
 Conventions: world and camera frames use OpenCV axes (x right, y down, z forward); poses are 4x4
 camera-to-world; intrinsics are in pixels.  The `.npz`, `.ply` and `.rrd` keep these axes (the `.rrd` declares
 them with `ViewCoordinates.RDF`); the `.glb` is turned into glTF's y-up axes by (x, y, z) -> (x, -y, -z).
+What `unish infer` writes with them (which arrays, in which units) is `unish_model.reconstruction`.
 """
 from __future__ import annotations
 

@@ -4,16 +4,21 @@ Layout: `<root>/rgbd_bonn_<seq>/{rgb/*.png, depth/*.png, rgb.txt, depth.txt, gro
 (TUM layout, files named by timestamp), 640x480. Depth PNGs are uint16, metres * 5000, 0 where
 there is no measurement. The evaluation takes sorted()[30:140] of rgb and of depth and pairs them
 by index. Folders `rgb_110/` and `depth_110/`, which the peers' preparation script writes with
-exactly those frames, are used as they are when present.
+exactly those frames, are used as they are when present. `bonn_sequences` is what the evaluation reads: the chosen
+sequences, with a layout error that names what is missing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
+
+from unish_model.benchmarks.layout import BenchmarkLayoutError, benchmark_root
+from unish_model.eval.frames import read_image
 
 BONN_SEQUENCES: tuple[str, ...] = ("balloon2", "crowd2", "crowd3", "person_tracking2", "synchronous")
 BONN_FIRST_FRAME = 30
@@ -25,29 +30,10 @@ BONN_INTRINSICS = np.array(
 )
 
 
-def _imread_unchanged(path: Path) -> NDArray[np.generic]:
-    """Read an image keeping its bit depth (cv2 if installed, else Pillow)."""
-    try:
-        import cv2
-    except ImportError:
-        cv2 = None
-    if cv2 is not None:
-        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if img is None:
-            raise ValueError(f"{path}: not a readable image")
-        if img.ndim == 3:
-            img = img[..., 2::-1] if img.shape[-1] >= 3 else img  # BGR(A) -> RGB
-        return np.ascontiguousarray(img)
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im).copy()
-
-
 def read_depth_png(path: str | Path, scale: float = BONN_DEPTH_SCALE) -> NDArray[np.float64]:
     """16-bit depth PNG -> float64 metres; 0 stays 0 (invalid)."""
     path = Path(path)
-    raw = _imread_unchanged(path)
+    raw = read_image(path, unchanged=True)
     if raw.dtype != np.uint16 or raw.ndim != 2:
         raise ValueError(f"{path}: expected a single-channel 16-bit depth PNG, got {raw.dtype} {raw.shape}")
     return raw.astype(np.float64) / scale
@@ -69,7 +55,7 @@ class BonnSequence:
 
     def load_rgb(self) -> NDArray[np.uint8]:
         """(F, H, W, 3) uint8 RGB."""
-        frames = [_imread_unchanged(p) for p in self.rgb_paths]
+        frames = [read_image(p, unchanged=True) for p in self.rgb_paths]
         for p, f in zip(self.rgb_paths, frames):
             if f.dtype != np.uint8 or f.ndim != 3:
                 raise ValueError(f"{p}: expected an 8-bit colour image, got {f.dtype} {f.shape}")
@@ -104,3 +90,31 @@ def read_bonn_sequence(root: str | Path, name: str) -> BonnSequence:
 def list_bonn(root: str | Path, names: tuple[str, ...] = BONN_SEQUENCES) -> list[BonnSequence]:
     """The benchmark's five sequences (or `names`), in order."""
     return [read_bonn_sequence(root, n) for n in names]
+
+
+def bonn_sequences(root: str | Path, names: Sequence[str] | None = None, max_sequences: int | None = None
+                   ) -> list[BonnSequence]:
+    """The benchmark's sequences (all five, or `names`, the first `max_sequences`); layout errors name the folder."""
+    root = benchmark_root(root, "Bonn")
+    chosen = list(names) if names else list(BONN_SEQUENCES)
+    unknown = [n for n in chosen if n not in BONN_SEQUENCES]
+    if unknown:
+        raise BenchmarkLayoutError(f"not Bonn evaluation sequences: {unknown}; the benchmark's are {BONN_SEQUENCES}")
+    if max_sequences is not None:
+        chosen = chosen[:max_sequences]
+    missing = [n for n in chosen if not (root / f"rgbd_bonn_{n}").is_dir()]
+    if missing:
+        raise BenchmarkLayoutError(
+            f"{root} does not have the Bonn RGB-D Dynamic layout: missing "
+            f"{', '.join(f'rgbd_bonn_{n}/' for n in missing)} (each with rgb/ and depth/ PNGs, TUM layout; "
+            "download from https://www.ipb.uni-bonn.de/data/rgbd-dynamic-dataset/)")
+    try:
+        return [read_bonn_sequence(root, n) for n in chosen]
+    except (FileNotFoundError, ValueError) as err:
+        raise BenchmarkLayoutError(str(err)) from err
+
+
+def bonn_depth_of(sequences: Sequence[BonnSequence]) -> Callable[[str], NDArray[np.float64]]:
+    """GT depth by sequence name (for `unish_model.eval.predictors.GroundTruthPredictor`)."""
+    by_name = {s.name: s for s in sequences}
+    return lambda name: by_name[name].load_depth()

@@ -5,18 +5,29 @@ of numpy arrays and plain values: gender, name, emdb1/emdb2 flags, n_frames, goo
 camera {intrinsics (3,3), extrinsics (F,4,4) world-to-camera}, smpl {poses_root (F,3),
 poses_body (F,69), trans (F,3), betas (10,)}, kp2d, bboxes {bboxes (F,4)}. World is Y-up,
 30 fps, SMPL of the annotated gender. EMDB-2 = the sequences whose emdb2 flag is set.
+
+For the world-motion evaluation (`unish_model.eval.motion`), `emdb_motion_sequence` makes a sequence ready to run:
+the frames, the annotation's person boxes (a frame whose box is invalid, i.e. empty or outside
+`good_frames_mask`, takes the box interpolated from its neighbours: `unish_model.boxes.fill_boxes`; no box at all:
+the whole frame) and the ground-truth joints: the annotated SMPL (of the annotated gender when that model is
+given, else the neutral one) regressed with the evaluation's J_regressor.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
+from unish_model.benchmarks.layout import BenchmarkLayoutError, benchmark_root
 from unish_model.benchmarks.safe_unpickle import safe_load_path
+from unish_model.body import BodyModel
+from unish_model.boxes import fill_boxes, whole_frame
+from unish_model.eval.frames import ImageFrames
+from unish_model.eval.motion import MotionSequence, SmplParams, smpl_joints
 
 EMDB_FPS = 30.0
 
@@ -100,3 +111,52 @@ def list_emdb(root: str | Path, split: int | None = 2) -> list[EmdbSequence]:
     elif split == 2:
         seqs = [s for s in seqs if s.emdb2]
     return sorted(seqs, key=lambda s: s.name)
+
+
+def emdb_sequences(root: str | Path, split: int | None = 2, names: Sequence[str] | None = None,
+                   max_sequences: int | None = None) -> list[EmdbSequence]:
+    """The evaluation's sequences (those of `split`, or `names`, the first `max_sequences`); layout errors name
+    what is missing."""
+    root = benchmark_root(root, "EMDB")
+    if not any(root.glob("P*/*/P*_data.pkl")):
+        raise BenchmarkLayoutError(
+            f"{root} does not have the EMDB layout: no P<k>/<sequence>/P<k>_<sequence>_data.pkl files (with images/ "
+            "next to each); download EMDB from https://eth-ait.github.io/emdb/ (registration required)")
+    try:
+        seqs = list_emdb(root, split)
+    except ValueError as err:
+        raise BenchmarkLayoutError(str(err)) from err
+    if names:
+        missing = sorted(set(names) - {s.name for s in seqs})
+        if missing:
+            raise BenchmarkLayoutError(f"{root}: no EMDB{split or ''} sequence named {missing}")
+        seqs = [s for s in seqs if s.name in set(names)]
+    if not seqs:
+        raise BenchmarkLayoutError(f"{root}: no sequence has the emdb{split} flag set")
+    return seqs[:max_sequences] if max_sequences is not None else seqs
+
+
+def emdb_gt_smpl(seq: EmdbSequence) -> SmplParams:
+    """The annotation's SMPL parameters (world frame): the oracle's input."""
+    return SmplParams.make(seq.poses_root, seq.poses_body, seq.betas, seq.trans)
+
+
+def emdb_motion_sequence(seq: EmdbSequence, gt_body: BodyModel, eval_body: BodyModel, gt_body_name: str = ""
+                         ) -> MotionSequence:
+    """GT joints from the annotation's SMPL (gt_body, of the annotated gender when available) regressed with the
+    evaluation J_regressor (eval_body's, SMPL neutral as GVHMR); boxes from the annotation."""
+    paths = seq.image_paths
+    if len(paths) != seq.n_frames:
+        raise BenchmarkLayoutError(f"{seq.folder}/images: {len(paths)} jpg files for {seq.n_frames} annotated frames")
+    frames = ImageFrames(paths)
+    h, w = frames.size
+    if seq.bboxes is not None:
+        boxes, valid = fill_boxes(seq.bboxes, seq.good_frames_mask, fallback=whole_frame(h, w))
+        box_source = "annotation"
+    else:
+        boxes, valid = fill_boxes(np.full((seq.n_frames, 4), np.nan), fallback=whole_frame(h, w))
+        box_source = "whole frame (no bboxes in the annotation)"
+    joints, feet = smpl_joints(gt_body, emdb_gt_smpl(seq), regressor=eval_body.J_regressor)
+    return MotionSequence(seq.name, frames, boxes, joints, feet, seq.good_frames_mask.copy(), EMDB_FPS, {
+        "fps": EMDB_FPS, "gender": seq.gender, "gt_body": gt_body_name or seq.gender, "boxes": box_source,
+        "valid_boxes": int(valid.sum())})
