@@ -286,6 +286,40 @@ def _as_weights(x: Tensor, layer: nn.Linear) -> Tensor:
     return x.to(layer.weight.dtype)
 
 
+def autocast_dtype(config: SceneBranchConfig, device: torch.device) -> torch.dtype | None:
+    """The trunk's autocast dtype on `device` (CUDA only; None: full precision)."""
+    name = config.autocast_dtype
+    if name is None or device.type != "cuda":
+        return None
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def local_points_from_raw(raw: Tensor) -> Tensor:
+    """The point head's raw (..., 3) output -> camera-frame points [xy * exp(z), exp(z)], float32."""
+    xy, log_z = raw.float().split((2, 1), dim=-1)
+    z = torch.exp(log_z)
+    return torch.cat((xy * z, z), dim=-1)
+
+
+def decode_points(decoder: HeadDecoder, head: PixelShuffleHead, scene: SceneOutput, config: SceneBranchConfig
+                  ) -> Tensor:
+    """The point path from the trunk's features (`scene.hidden`): (B, N, H, W, 3) camera-frame points, float32,
+    computed as `SceneBranch.forward` does (the decoder under the autocast dtype on CUDA, the head in float32).
+    Training calls it with the live point decoder (stage 1 trains only this path) or a frozen copy of it."""
+    hidden, frames = scene.hidden, scene.local_points.shape[1]
+    amp_dtype = autocast_dtype(config, hidden.device)
+    amp = torch.autocast(device_type="cuda", dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    with amp:
+        rope = Rope2D.build(scene.positions, config.point_decoder_dim // config.point_decoder_heads, config.rope_base,
+                            amp_dtype or decoder.in_proj.weight.dtype)
+        tokens = decoder(hidden, rope)
+    amp_off = torch.autocast(device_type="cuda", enabled=False) if amp_dtype is not None else contextlib.nullcontext()
+    with amp_off:
+        raw = head(_as_weights(tokens[:, scene.num_registers:], head.proj), scene.patch_grid)
+        height, width = (g * head.patch_size for g in scene.patch_grid)
+        return local_points_from_raw(raw.reshape(hidden.shape[0] // frames, frames, height, width, 3))
+
+
 class SceneBranch(nn.Module):
     def __init__(self, config: SceneBranchConfig | None = None) -> None:
         super().__init__()
@@ -311,10 +345,7 @@ class SceneBranch(nn.Module):
 
     # ------------------------------------------------------------------ helpers
     def _autocast_dtype(self, device: torch.device) -> torch.dtype | None:
-        name = self.config.autocast_dtype
-        if name is None or device.type != "cuda":
-            return None
-        return {"bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+        return autocast_dtype(self.config, device)
 
     def token_positions(self, frames: int, grid: tuple[int, int], device: torch.device) -> Tensor:
         """(frames, R+hw, 2) long: registers at (0, 0), patch (row, col) at (row+1, col+1)."""
@@ -375,10 +406,7 @@ class SceneBranch(nn.Module):
         amp_off = torch.autocast(device_type="cuda", enabled=False) if amp_dtype is not None else contextlib.nullcontext()
         with amp_off:
             raw = self.point_head(_as_weights(point_tokens[:, start:], self.point_head.proj), grid)
-            raw = raw.float().reshape(batch, frames, height, width, 3)  # outputs are float32 in every mode
-            xy, log_z = raw.split((2, 1), dim=-1)
-            z = torch.exp(log_z)
-            local_points = torch.cat((xy * z, z), dim=-1)
+            local_points = local_points_from_raw(raw.reshape(batch, frames, height, width, 3))  # float32 in every mode
             conf = self.conf_head(_as_weights(conf_tokens[:, start:], self.conf_head.proj), grid)
             conf = conf.float().reshape(batch, frames, height, width, 1)
             camera_poses = self.camera_head(_as_weights(camera_tokens[:, start:], self.camera_head.fc1))

@@ -35,7 +35,6 @@ whole model) and reproduces the scene branch's point path from `SceneOutput.hidd
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -44,8 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from ..postprocess import depth_to_point_map
-from ..rope import Rope2D
-from ..scene import SceneBranch, SceneOutput
+from ..scene import SceneBranch, SceneOutput, decode_points
 from ._common import full_precision
 from .config import Stage1Config
 from .roe import align_depth_scale_shift
@@ -260,12 +258,9 @@ class FrozenPointHead(nn.Module):
 
     def __init__(self, scene: SceneBranch) -> None:
         super().__init__()
-        cfg = scene.config
+        self.config = scene.config
         self.decoder = copy.deepcopy(scene.point_decoder)
         self.head = copy.deepcopy(scene.point_head)
-        self.head_dim = cfg.point_decoder_dim // cfg.point_decoder_heads
-        self.rope_base = cfg.rope_base
-        self.autocast_dtype = cfg.autocast_dtype
         self.requires_grad_(False)
         self.eval()
 
@@ -273,31 +268,11 @@ class FrozenPointHead(nn.Module):
         return super().train(False)  # frozen: always in eval mode
 
     @torch.no_grad()
-    def forward(self, hidden: Tensor, positions: Tensor, num_frames: int, grid: tuple[int, int],
-                num_registers: int) -> Tensor:
-        """hidden (B*N, R+hw, 2C) and positions (B*N, R+hw, 2): `SceneOutput.hidden` / `.positions`; grid (h, w)
-        patches; num_registers R.  Returns P_orig (B, N, H, W, 3) float32, camera frame, model units."""
-        amp_dtype = None
-        if hidden.device.type == "cuda" and self.autocast_dtype is not None:
-            amp_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[self.autocast_dtype]
-        amp = (torch.autocast(device_type="cuda", dtype=amp_dtype) if amp_dtype is not None
-               else contextlib.nullcontext())
-        rope_dtype = amp_dtype or self.decoder.in_proj.weight.dtype
-        with amp:
-            rope = Rope2D.build(positions, self.head_dim, self.rope_base, rope_dtype)
-            tokens = self.decoder(hidden, rope)
-        with full_precision(hidden.device):
-            raw = self.head(tokens[:, num_registers:].to(self.head.proj.weight.dtype), grid).float()
-        patch = self.head.patch_size
-        frames_total = hidden.shape[0]
-        raw = raw.reshape(frames_total // num_frames, num_frames, grid[0] * patch, grid[1] * patch, 3)
-        xy, log_z = raw.split((2, 1), dim=-1)
-        z = torch.exp(log_z)
-        return torch.cat((xy * z, z), dim=-1)
+    def forward(self, scene_output: SceneOutput) -> Tensor:
+        """P_orig (B, N, H, W, 3) float32, camera frame, model units, from a scene-branch output's features."""
+        return decode_points(self.decoder, self.head, scene_output, self.config)
 
 
 def original_points(head: FrozenPointHead, scene_output: SceneOutput) -> Tensor:
     """P_orig (B, N, H, W, 3) for a scene-branch output (its `hidden`, `positions`, registers and grid)."""
-    frames = scene_output.local_points.shape[1]
-    return head(scene_output.hidden, scene_output.positions, frames, scene_output.patch_grid,
-                scene_output.num_registers)
+    return head(scene_output)
