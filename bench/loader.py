@@ -83,13 +83,13 @@ def gpu_path(run: Path, workers: int, epochs: int) -> tuple[int, float]:
     """The workers of a GPU run: compact batches out of a DataLoader, not expanded (that is the GPU's part)."""
     from torch.utils.data import DataLoader
 
-    from unish_model.train.data import LoaderConfig, ShardClipDataset, _worker_init
+    from unish_model.train.data import LoaderConfig, ShardClipDataset, _worker_init, worker_context
     from unish_model.train.sources import resolve_shards
 
     dataset = ShardClipDataset(resolve_shards(str(run)), LoaderConfig(stage=1, batch_size=2, workers=workers,
                                                                       device="cuda"))
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=True,
-                        worker_init_fn=_worker_init)
+                        worker_init_fn=_worker_init, multiprocessing_context=worker_context())
     return timed_epochs(lambda: loader, epochs)
 
 

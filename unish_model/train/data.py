@@ -214,8 +214,9 @@ class ShardClipDataset(IterableDataset):
         self.chosen = {s.run: choose_versions(s.run, config.labels, [x.url.rsplit("/", 1)[-1] for x in self.shards
                                                                       if x.run == s.run])
                        for s in self.shards if s.run is not None and config.labels}
-        self._epoch = mp.Value("q", 0)
-        self._resume_batches = mp.Value("q", 0)  # batches of the current epoch already consumed
+        ctx = worker_context()  # shared values must come from the context the workers start in
+        self._epoch = ctx.Value("q", 0)
+        self._resume_batches = ctx.Value("q", 0)  # batches of the current epoch already consumed
 
     def set_epoch(self, epoch: int, consumed_batches: int = 0) -> None:
         self._epoch.value = epoch
@@ -290,6 +291,17 @@ class ShardClipDataset(IterableDataset):
         return out
 
 
+def worker_context() -> mp.context.BaseContext:
+    """Workers start from a fork server, not a fork of the training process: a process with threads running
+    (a Prefect server, OpenMP pools, NCCL) can leave a forked child waiting forever on a lock one of them held.
+    The server imports the loader once, so each worker still starts in a fraction of a second."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
 def _worker_init(_: int) -> None:
     # Two levels of threads (workers x OpenCV/torch threads) only fight over the cores.
     cv2.setNumThreads(1)
@@ -313,7 +325,7 @@ class ClipLoader:
         kwargs: dict[str, Any] = {}
         if config.workers > 0:
             kwargs = dict(persistent_workers=config.persistent_workers, prefetch_factor=config.prefetch_factor,
-                          worker_init_fn=_worker_init)
+                          worker_init_fn=_worker_init, multiprocessing_context=worker_context())
         self.device = torch.device(config.device)
         self._loader = DataLoader(self.dataset, batch_size=None, num_workers=config.workers,
                                   pin_memory=config.pin_memory and self.device.type == "cuda", **kwargs)
