@@ -25,10 +25,10 @@ from torch import Tensor
 
 from ..pipeline import UniSH, UniSHConfig
 from . import ConversionError, check_state_dict, load_state_dict_file, read_state_dict_layout
-from .camerahmr import Converted, unish_alignnet_state, unish_human_state
+from .camerahmr import Converted, alignnet_key, smpl_head_key, unish_alignnet_state, unish_human_state, vit_key
 from .pi3 import convert_pi3_state_dict, official_to_ours, ours_to_official
 
-__all__ = ["RELEASE_PREFIXES", "convert_unish_state_dict", "load_unish_state", "load_unish_file",
+__all__ = ["RELEASE_PREFIXES", "convert_unish_state_dict", "export_unish_state_dict", "load_unish_state", "load_unish_file",
            "check_unish_checkpoint", "mmap_safetensors"]
 
 # official prefix -> our prefix
@@ -74,6 +74,38 @@ def convert_unish_state_dict(official: Mapping[str, Tensor], expected: Mapping[s
                 describe[key] = align.official_name(key[len("align."):])
         check_state_dict(converted, expected, source, describe)
     return converted
+
+
+# The official AlignNet also registers the SMPL mean parameters it never reads (dropped on loading); they are
+# the same mean parameters as the SMPL head's, so an export fills them from there.
+_ALIGNNET_MEAN_BUFFERS = {"alignnet.init_body_pose": "human_head.init_body_pose",
+                          "alignnet.init_betas": "human_head.init_betas", "alignnet.init_cam": "human_head.init_cam"}
+
+
+def export_unish_state_dict(ours: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Our UniSH state dict -> the official release's key names (the inverse of `convert_unish_state_dict`:
+    every tensor kept as it is, renamed)."""
+    rules = {"human.backbone.": ("backbone.", vit_key), "human.head.": ("human_head.", smpl_head_key),
+             "align.": ("alignnet.", alignnet_key)}
+    official: dict[str, Tensor] = {}
+    for key, tensor in ours.items():
+        if key.startswith("scene."):
+            name = ours_to_official(key[len("scene."):])
+            name = "pi3." + name if name else None
+        else:
+            prefix = next((p for p in rules if key.startswith(p)), None)
+            name = None
+            if prefix is not None:
+                target, rule = rules[prefix]
+                inner = rule.official(key[len(prefix):])
+                name = target + inner if inner else None
+        if name is None:
+            raise ConversionError(f"no official name for our key {key!r}")
+        official[name] = tensor
+    for dropped, source in _ALIGNNET_MEAN_BUFFERS.items():
+        if source in official:
+            official[dropped] = official[source].clone()  # its own storage: a file cannot hold two names for one
+    return official
 
 
 def load_unish_state(model: UniSH, official: Mapping[str, Tensor], source: str = "<UniSH state dict>") -> UniSH:

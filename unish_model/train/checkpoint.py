@@ -28,17 +28,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from shards.atomic import atomic_path, remove_temp_files, write_json_atomic
-from unish_model.alignnet import AlignNetConfig
 from unish_model.convert.unish import export_unish_state_dict, load_unish_file
-from unish_model.human import HumanBranchConfig
 from unish_model.pipeline import UniSH, UniSHConfig
-from unish_model.scene import SceneBranchConfig
 
 CHECKPOINTS = "checkpoints"
 MODEL_FILE = "model.safetensors"
 MODEL_CONFIG = "model.json"
 TRAINER_FILE = "trainer.pt"
 LOADER_FILE = "loader.json"
+EXPORT_CONFIG_KEY = "unish_config"  # safetensors metadata of an export: the model's sizes
 _STEP_PREFIX = "step-"
 
 
@@ -95,6 +93,10 @@ def load_model(source: str | Path, config: UniSHConfig | None = None) -> tuple[U
     if not path.is_file():
         raise FileNotFoundError(f"no model weights at {path}")
     if is_official_release(path):
+        with safe_open(str(path), framework="pt") as f:
+            recorded = (f.metadata() or {}).get(EXPORT_CONFIG_KEY)  # set by `export_official` (any model size)
+        if config is None and recorded:
+            config = config_from_dict(json.loads(recorded))
         return load_unish_file(path, config, mmap=False).float(), {}
     info_path = path.with_name(MODEL_CONFIG)
     if not info_path.is_file():
@@ -109,27 +111,22 @@ def load_model(source: str | Path, config: UniSHConfig | None = None) -> tuple[U
 def save_model(model: UniSH, folder: Path, info: Mapping[str, Any]) -> None:
     """model.safetensors + model.json in `folder` (each written atomically)."""
     folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / MODEL_FILE) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
     write_json_atomic(folder / MODEL_CONFIG, {**info, "config": config_to_dict(model.config)})
 
 
-def export_official(source: str | Path, out: str | Path, reference: str | Path | None = None) -> list[str]:
-    """Write our checkpoint in the official `unish_release` layout. The release also carries a few keys our
-    model does not use (the SMPL head's init buffers): they are copied from `reference` (an official release
-    file) when given, and listed in the return value when not."""
+def export_official(source: str | Path, out: str | Path) -> Path:
+    """Write our checkpoint in the official `unish_release` layout (safetensors, the release's key names), for
+    anyone with the official code; `load_model` (and our converter) read it back."""
     model, _ = load_model(source)
     official = export_unish_state_dict(model.state_dict())
-    missing: list[str] = []
-    if reference is not None:
-        ref = load_file(str(reference), device="cpu")
-        for key, tensor in ref.items():
-            if key not in official:
-                official[key] = tensor
     with atomic_path(Path(out)) as tmp:
         save_file({k: v.detach().contiguous() for k, v in official.items()}, str(tmp),
-                  metadata={"format": "pt", "exported_by": "unish"})
-    return missing
+                  metadata={"format": "pt", "exported_by": "unish",
+                            EXPORT_CONFIG_KEY: json.dumps(config_to_dict(model.config))})
+    return Path(out)
 
 
 # ------------------------------------------------------------------------------------------ trainer state

@@ -147,11 +147,11 @@ class SceneGeometry:
 
 
 class StageStep(nn.Module):
-    """One stage's forward, from a batch to (total, terms). Build it once per run (stage 1 copies the original
-    point path here, so build it from the model it starts from)."""
+    """One stage's forward, from a batch to (total, terms). Build it once per run, before any update: stage 1
+    copies the original point path here (from `original`, or the model as it is)."""
 
     def __init__(self, model: UniSH, stage: int, loss_config: LossConfig | None = None,
-                 body: BodyModel | None = None, activation_checkpointing: bool = False):
+                 body: BodyModel | None = None, activation_checkpointing: bool = False, original: UniSH | None = None):
         super().__init__()
         if stage not in TRAINABLE:
             raise ValueError(f"stage must be 1, 2 or 3, not {stage}")
@@ -161,7 +161,8 @@ class StageStep(nn.Module):
         self.stage = stage
         self.loss_config = loss_config or default_loss_config(stage)
         self.body = body
-        self.original_points = FrozenPointHead(model.scene) if stage == 1 else None
+        # stage 1's P_orig: the point path of `original` (the pre-trained model), by default the model as it starts
+        self.original_points = FrozenPointHead((original or model).scene) if stage == 1 else None
         if activation_checkpointing and stage == 2:
             checkpoint_blocks(model.human.backbone.blocks)
 
