@@ -205,6 +205,37 @@ def verify(
     raise typer.Exit(0 if report.ok else 1)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def train(ctx: typer.Context) -> None:
+    """Train one UniSH stage from shards (torchrun-ready; `unish train --help` lists every setting)."""
+    from unish_model.train.cli import main as train_main
+
+    args = list(ctx.args)
+    if "--body-model" not in args and "--tiny-random" not in args and "--help" not in args and "-h" not in args:
+        from tasks.weights import weights_path
+
+        smpl = weights_path("smpl_neutral")  # stages 2 and 3 pose SMPL: the weights folder's, when it is there
+        if smpl.is_file():
+            args += ["--body-model", str(smpl)]
+    raise typer.Exit(train_main(args))
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="a training run folder, a checkpoint folder or its model.safetensors"),
+    out: Path = typer.Option(..., "--out", help="the file to write, e.g. unish_release.safetensors"),
+) -> None:
+    """Write a trained model in the official `unish_release` layout, for the official UniSH code."""
+    from unish_model.train.checkpoint import export_official
+
+    try:
+        export_official(run, out)
+    except FileNotFoundError as e:
+        _say_error(str(e))
+        raise typer.Exit(2) from None
+    console.print(f"wrote {out}", markup=False, highlight=False, soft_wrap=True)
+
+
 def _mount_subcommands() -> None:
     from flows.eval_cmd import eval_app
     from flows.infer_cmd import infer

@@ -198,3 +198,14 @@ def test_bad_settings_are_refused_by_name():
                         (dict(loss={"tau": 0.1}), "tau")):
         with pytest.raises(ValueError, match=needle):
             TrainConfig(**{**dict(stage=3, data=["x"], out="o"), **bad})
+
+
+def test_the_prefect_flow_launches_torchrun_and_returns_the_summary(data, tmp_path, prefect_api):
+    from flows.train import train_arguments, train_flow
+
+    settings = {**config(data, tmp_path / "run", 3, max_steps=2).to_dict(), "betas": [0.9, 0.95]}
+    args = train_arguments(settings)
+    assert "--out" in args and "--no-progress" in args and "--betas" not in args  # defaults stay implicit
+    summary = train_flow(settings, nproc_per_node=1)
+    assert summary["steps"] == 2 and summary == json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert load_model(tmp_path / "run")[0].state_dict().keys() == load_model(data.m0)[0].state_dict().keys()
