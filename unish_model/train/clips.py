@@ -29,7 +29,6 @@ and for synthetic clips (the gt and gt_depth families, written by `unish bedlam`
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import cv2
@@ -41,6 +40,7 @@ from shards import depth_codec
 from shards.mask_codec import packed_bits
 from shards.sample import decode_label_member
 from shards.schema import DEPTH, GT, GT_DEPTH, KEYPOINTS, MASKS, PEOPLE
+from unish_model.train.batch import ClipBatch
 
 _GT_ENTRIES = ("pose", "betas", "trans", "intrinsics", "extrinsics")
 
@@ -85,30 +85,6 @@ def _depth_half(members: Mapping[str, Any], family: str, key: str, shape: tuple[
         raise ValueError(f"clip {key}: {family} is {list(label_shape)}, its frames {list(shape)}")
     planes = depth_codec.inflate_planes(np.asarray(entries["code_z"], np.uint8).tobytes(), label_shape)
     return planes, depth_codec.code_table(float(entries["codec"]["log_lo"]), float(entries["codec"]["step"]))
-
-
-@dataclass
-class ClipBatch:
-    """B clips of one shape: tensors stacked over B, each clip's key and meta.json, and what the worker
-    read and skipped since its previous batch."""
-
-    tensors: dict[str, torch.Tensor]
-    keys: list[str]
-    meta: list[dict[str, Any]]
-    stats: dict[str, int] = field(default_factory=dict)
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self.tensors[name]
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.tensors
-
-    def pin_memory(self) -> "ClipBatch":
-        return ClipBatch({k: v.pin_memory() for k, v in self.tensors.items()}, self.keys, self.meta, self.stats)
-
-    def to(self, device: torch.device | str, non_blocking: bool = True) -> "ClipBatch":
-        return ClipBatch({k: v.to(device, non_blocking=non_blocking) for k, v in self.tensors.items()},
-                         self.keys, self.meta, self.stats)
 
 
 _TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.float32): torch.float32,

@@ -48,7 +48,8 @@ from shards.schema import DEPTH, GT, GT_DEPTH, KEYPOINTS, MASKS
 from shards.sidecar import with_label_versions
 from shards.tario import raw_samples
 from shards.verify import iter_checked_samples, raise_problem
-from unish_model.train.clips import ClipBatch, compact_batch, expand
+from unish_model.train.batch import ClipBatch
+from unish_model.train.clips import compact_batch, expand
 from unish_model.train.sources import ShardInfo, choose_versions, resolve_shards, sidecar_url
 
 # What each training stage's loss reads (see unish_model/losses): clips lacking one are skipped and counted.

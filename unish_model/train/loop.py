@@ -39,7 +39,7 @@ from unish_model.body import BodyModel, write_synthetic_body_model
 from unish_model.pipeline import UniSH
 from unish_model.train.checkpoint import (MODEL_PRESETS, list_checkpoints, load_checkpoint, load_model, rng_state,
                                           save_checkpoint, set_rng_state)
-from unish_model.train.clips import ClipBatch
+from unish_model.train.batch import ClipBatch
 from unish_model.train.data import ClipLoader, LoaderConfig
 from unish_model.train.stages import STAGE_NAMES, TRAINABLE, StageStep, default_loss_config, freeze_for_stage
 

@@ -37,7 +37,7 @@ from unish_model.pipeline import UniSH, person_inputs
 from unish_model.postprocess import (bbox_condition_from_pixels, confidence_mask, depth_to_point_map,
                                      intrinsics_from_focal, keep_in_front, metric_scale, torch_focal_shift)
 from unish_model.scene import SceneOutput, decode_points
-from unish_model.train.clips import ClipBatch
+from unish_model.train.batch import ClipBatch
 
 TRAINABLE: dict[int, tuple[str, ...]] = {
     1: ("scene.point_decoder.", "scene.point_head."),
