@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence, TypeVar
 
 from shards.sample import ClipSample, decode_sample
 from shards.verify import ShardDamaged, iter_checked_samples, raise_problem, shard_urls_checked
@@ -38,13 +38,18 @@ def iter_clips(urls: Sequence[str] | str, shuffle: bool = False, verify: bool = 
     `shuffle` mixes clips within a buffer of SHUFFLE_BUFFER samples."""
     members = iter_members(urls, verify)
     if shuffle:
-        members = _shuffled(members, SHUFFLE_BUFFER, random.Random(seed))
+        members = shuffle_buffer(members, SHUFFLE_BUFFER, random.Random(seed))
     for sample in members:
         yield decode_sample(sample)
 
 
-def _shuffled(items: Iterator[dict[str, Any]], size: int, rng: random.Random) -> Iterator[dict[str, Any]]:
-    buffer: list[dict[str, Any]] = []
+T = TypeVar("T")
+
+
+def shuffle_buffer(items: Iterable[T], size: int, rng: random.Random) -> Iterator[T]:
+    """Items in a random order drawn from a buffer of `size` (WebDataset's sample shuffle): memory stays at
+    `size` items whatever the stream's length."""
+    buffer: list[T] = []
     for item in items:
         buffer.append(item)
         if len(buffer) >= size:
@@ -53,4 +58,4 @@ def _shuffled(items: Iterator[dict[str, Any]], size: int, rng: random.Random) ->
     yield from buffer
 
 
-__all__ = ["SHUFFLE_BUFFER", "ShardDamaged", "iter_clips", "iter_members", "shard_urls"]
+__all__ = ["SHUFFLE_BUFFER", "ShardDamaged", "iter_clips", "iter_members", "shard_urls", "shuffle_buffer"]

@@ -45,6 +45,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shards.schema import DEPTH, GT, GT_DEPTH, KEYPOINTS, MASKS
+from shards.reader import shuffle_buffer
 from shards.sidecar import with_label_versions
 from shards.tario import raw_samples
 from shards.verify import iter_checked_samples, raise_problem
@@ -185,16 +186,6 @@ class _Pending:
     shape: tuple[int, int, int]
 
 
-def _shuffled(items: Iterator[_Pending], size: int, rng: random.Random) -> Iterator[_Pending]:
-    buffer: list[_Pending] = []
-    for item in items:
-        buffer.append(item)
-        if len(buffer) >= size:
-            yield buffer.pop(rng.randrange(len(buffer)))
-    rng.shuffle(buffer)
-    yield from buffer
-
-
 class ShardClipDataset(IterableDataset):
     """The per-worker stream of batches (see the module docstring); `ClipLoader` drives it."""
 
@@ -265,7 +256,7 @@ class ShardClipDataset(IterableDataset):
     def _pass(self, spans: list[Span], rng: random.Random, stats: Counter) -> Iterator[list[_Pending]]:
         """One read of the worker's spans: usable clips, shuffled, bucketed into same-shape batches."""
         buckets: dict[tuple[int, int, int], list[_Pending]] = {}
-        for pending in _shuffled(self._usable(spans, stats), self.config.shuffle_buffer, rng):
+        for pending in shuffle_buffer(self._usable(spans, stats), self.config.shuffle_buffer, rng):
             bucket = buckets.setdefault(pending.shape, [])
             bucket.append(pending)
             if len(bucket) == self.config.batch_size:
