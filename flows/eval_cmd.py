@@ -239,7 +239,7 @@ BodyOpt = Annotated[Optional[Path], typer.Option("--body-model", help="SMPL .npz
                                                  "weights folder's SMPL_NEUTRAL)")]
 
 
-@dataclass(frozen=True)
+@dataclass
 class BenchmarkOptions:
     """The options every `unish eval <benchmark>` command takes (see `_shared_parameters`)."""
 
@@ -257,6 +257,9 @@ class BenchmarkOptions:
     solver: str
     save_predictions: bool
     body_model: Optional[Path] = None  # the motion benchmarks' --body-model
+    benchmark: str = ""
+    motion: bool = False  # a motion benchmark: it needs an SMPL body model too
+    _weights_checked: bool = False
 
     def check(self) -> None:
         """Refuse contradictory predictor flags and a bad window plan before any file is read."""
@@ -276,13 +279,22 @@ class BenchmarkOptions:
 
     def predictor(self, oracle: Callable[[], Any], oracle_desc: str) -> tuple[Any, str]:
         """The ground truth (`oracle()`, with --oracle) or UniSH as the predictor, and a description of it."""
+        self.check_weights()
         if self.oracle:
             return oracle(), oracle_desc
         return _model_predictor(self.weights, self.tiny_random, self.device, self.solver)
 
+    def check_weights(self) -> None:
+        """Every weights file the run will read (the model's, a motion benchmark's SMPL), checked at once before
+        the first is loaded, after the benchmark's own layout: missing ones end the command with exit 1."""
+        if not self._weights_checked:
+            self._weights_checked = True
+            _refuse_missing_weights(self, self.benchmark, self.motion)
+
     def body(self) -> Any:
         """The evaluation's SMPL body model (--body-model, the weights folder's, or with --tiny-random a synthetic
         one)."""
+        self.check_weights()
         with tempfile.TemporaryDirectory(prefix="unish-body-") as scratch:
             return _load_body(self.body_model, self.tiny_random, Path(scratch))
 
@@ -325,7 +337,7 @@ def _benchmark_command(benchmark: str, motion: bool = False) -> Callable[[Callab
         def command(**kwargs: Any) -> None:
             options = BenchmarkOptions(**{name: kwargs.pop(name) for name in shared})
             options.check()
-            _refuse_missing_weights(options, benchmark, motion)
+            options.benchmark, options.motion = benchmark, motion
             _guard(lambda: run(options, **kwargs))
 
         command.__name__, command.__doc__ = run.__name__, run.__doc__
@@ -337,7 +349,7 @@ def _benchmark_command(benchmark: str, motion: bool = False) -> Callable[[Callab
     return register
 
 
-def _refuse_missing_weights(options: BenchmarkOptions, benchmark: str, motion: bool) -> None:
+def _refuse_missing_weights(options: "BenchmarkOptions", benchmark: str, motion: bool) -> None:
     """The model's and the body model's files, checked at once before any sequence is read (exit 1, listing all)."""
     from flows.models import body_needs, model_needs
     from tasks.weights import WeightsMissing, check_needs
