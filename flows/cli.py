@@ -30,17 +30,18 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "curate": ("flows.curate_cmd:curate", "Curate a manifest into WebDataset shards with a Parquet index."),
     "relabel": ("flows.relabel_cmd:relabel", "Recompute one label family from the stored frames and write it as a new "
                 "label version."),
-    "labels": ("flows.relabel_cmd:label_versions", "List the label versions of a curated output."),
+    "labels": ("flows.relabel_cmd:label_versions", "List the label versions of a curated output (for "
+               "`iter_clips_with_labels(versions=...)`)."),
     "infer": ("flows.infer_cli:infer", "Reconstruct the scene, cameras and the person's SMPL body from a video, in "
               "one world frame and scale."),
     "eval": ("flows.eval_cmd:eval_app", "Evaluate as the peers measure: video depth (Bonn) and world motion "
              "(EMDB-2, RICH)."),
     "weights": ("flows.weights_cmd:weights_app", "Model weights: what the project uses, what is here, and how to "
                 "get the rest."),
-    "release": ("flows.release_cmd:release", "Write the publishable part of a curated run: video IDs and "
-                "timestamps, clip tables, a rebuild manifest and the dataset card."),
-    "takedown": ("flows.takedown:takedown", "Withdraw videos from runs and releases: every clip, label, table row, "
-                 "download and release entry."),
+    "release": ("flows.release_cmd:release", "Write a release folder: video IDs, timestamps, a rebuild manifest "
+                "and a dataset card; no frames or labels."),
+    "takedown": ("flows.takedown:takedown", "Withdraw videos from runs and releases: remove every trace, blocklist "
+                 "them, and check none remains."),
 }
 
 app = typer.Typer(help="unish: curate video into training shards, and run UniSH.", no_args_is_help=True,

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-import click
 import typer
 from rich.console import Console
 
@@ -46,7 +45,7 @@ def print_errors(errors: Iterable[Mapping[str, Any]]) -> None:
         say(error_line(e), "yellow")
 
 
-def settings_from(ctx: click.Context, config_file: Path | None, command: str, known: Iterable[str],
+def settings_from(ctx: Any, config_file: Path | None, command: str, known: Iterable[str],
                   flags: Mapping[str, str], convert: Mapping[str, Callable[[Any], Any]] | None = None,
                   merge: Mapping[str, Callable[[Any, Any], Any]] | None = None) -> tuple[dict[str, Any], set[str]]:
     """The command's settings: `config_file`'s (if any), then every flag given on the command line on top.

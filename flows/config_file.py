@@ -13,8 +13,6 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-import click
-
 
 class ConfigFileError(ValueError):
     """The file cannot be read, or holds what the command does not take (the message names the file)."""
@@ -55,13 +53,13 @@ def read_config(path: Path, command: str, known: Iterable[str]) -> dict[str, Any
     return settings
 
 
-def given_on_command_line(ctx: click.Context, names: Iterable[str]) -> set[str]:
-    """The parameters the user set (command line or environment), as opposed to left at their defaults."""
+def given_on_command_line(ctx: Any, names: Iterable[str]) -> set[str]:
+    """The parameters the user set (command line or environment), as opposed to left at their defaults.
+    (By the source's name: Typer carries its own copy of Click, whose enum is not `click`'s.)"""
     given = set()
     for name in names:
         source = ctx.get_parameter_source(name)
-        if source is not None and source not in (click.core.ParameterSource.DEFAULT,
-                                                 click.core.ParameterSource.DEFAULT_MAP):
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
             given.add(name)
     return given
 

@@ -46,10 +46,14 @@ def run_name(command: str, run_dir: Path | str) -> str:
 
 
 def ui_url(flow_run_id: str) -> str | None:
-    from prefect.settings import PREFECT_UI_URL
+    """The run's page on the configured Prefect server's UI (`PREFECT_UI_URL`, by default the API's address
+    without `/api`); None on the embedded server, which serves no UI while the command runs."""
+    from prefect.settings import get_current_settings
 
-    base = PREFECT_UI_URL.value() if os.environ.get("PREFECT_API_URL") else None
-    return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}" if base else None
+    settings = get_current_settings()
+    if not settings.api.url or not settings.ui_url:
+        return None
+    return f"{settings.ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}"
 
 
 def call_flow(flow: Any, name: str, *args: Any, **kwargs: Any) -> tuple[Any, FlowRunInfo]:

@@ -9,17 +9,16 @@ from __future__ import annotations
 import importlib
 from typing import Any, ClassVar
 
-import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 
-def load_command(target: str, name: str) -> click.Command:
+def load_command(target: str, name: str) -> Any:
     """The click command for `module:attribute` (a function, or a Typer sub-app), named `name`."""
     module, _, attr = target.partition(":")
     obj: Any = getattr(importlib.import_module(module), attr)
     if isinstance(obj, typer.Typer):
-        command: click.Command = typer.main.get_group(obj)
+        command: Any = typer.main.get_group(obj)
     else:
         single = typer.Typer(add_completion=False)
         single.command(name)(obj)
@@ -32,23 +31,23 @@ class LazyGroup(TyperGroup):
     lazy_commands: ClassVar[dict[str, tuple[str, str]]] = {}
     _listing = False
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: Any) -> list[str]:
         eager = [n for n in super().list_commands(ctx) if n not in self.lazy_commands]
         return [*self.lazy_commands, *eager]
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
         if cmd_name in self.commands:
             return self.commands[cmd_name]
         if cmd_name not in self.lazy_commands:
             return None
         target, short_help = self.lazy_commands[cmd_name]
         if self._listing:  # the group's own help: a stand-in with the one line, nothing imported
-            return click.Command(cmd_name, help=short_help, short_help=short_help)
+            return TyperCommand(cmd_name, help=short_help, short_help=short_help)
         command = load_command(target, cmd_name)
         self.commands[cmd_name] = command
         return command
 
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_help(self, ctx: Any, formatter: Any) -> None:
         self._listing = True
         try:
             super().format_help(ctx, formatter)

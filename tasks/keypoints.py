@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from tasks.stage import BackendUnavailable, ClipWindow, LabelStage, package_version, register_stage, split_params
-from tasks.weights import REGISTRY, Need, WeightsMissing, need, require, sha256_file
+from tasks.weights import REGISTRY, Need, WeightsMissing, check_needs, need, require, sha256_file
 from unish_model.boxes import usable_boxes
 
 STAGE_VERSION = "1"
@@ -209,7 +209,8 @@ class CameraHMRBackend:
     def setup(self) -> None:
         if self.model is not None:
             return
-        ckpt, ckpt_name = _resolve_file(self.config.checkpoint, "CameraHMR checkpoint")  # fail before torch work
+        check_needs(self.weights_needed())  # both files, every missing one named at once, before torch work
+        ckpt, ckpt_name = _resolve_file(self.config.checkpoint, "CameraHMR checkpoint")
         body_path, body_name = _resolve_body_model(self.config.body_model)
         import torch
 
