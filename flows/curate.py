@@ -9,7 +9,6 @@ time (a lock), and the folder is checked for room and write access before any vi
 from __future__ import annotations
 
 import json
-import logging
 import queue as queue_mod
 import shutil
 import threading

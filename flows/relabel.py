@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import flows.prefect_env  # noqa: F401  (sets Prefect defaults before it is imported)
 import numpy as np
@@ -38,7 +38,7 @@ from flows.runlog import run_log
 
 from shards.blocklist import skip_withdrawn
 from shards.index import INDEX_FILE
-from shards.runfolder import RunLocked, check_unlocked, handled_logger, run_lock
+from shards.runfolder import handled_logger, run_lock
 from shards.sample import ClipSample
 from shards.schema import STATUS_ERROR, STATUS_OK, STATUS_REJECTED
 from shards.sidecar import (
