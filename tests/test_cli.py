@@ -57,11 +57,11 @@ def videos(tmp_path_factory) -> Path:
 # ------------------------------------------------------------------------------------------------ start-up
 
 
-# inspect reads shards through webdataset, whose package imports torch (webdataset.pytorch) and decodes JPEGs
-# with OpenCV: those it uses; Prefect and the labellers it does not.
+# inspect and verify decode clips with OpenCV: that they use; torch, Prefect and the labellers they do not.
 @pytest.mark.parametrize("args, allowed", [
     (["--help"], ()), (["curate", "--help"], ()), (["relabel", "--help"], ()), (["infer", "--help"], ()),
-    (["eval", "metrics", "--help"], ()), (["weights", "list"], ()), (["inspect", "RUN", "--json"], ("cv2", "torch"))])
+    (["eval", "metrics", "--help"], ()), (["weights", "list"], ()), (["inspect", "RUN", "--json"], ("cv2",)),
+    (["verify", "RUN", "--json"], ("cv2",))])
 def test_light_commands_import_neither_torch_nor_prefect(args, allowed, tmp_path):
     """`unish --help` and `unish inspect` (and each command's help) import only what they use."""
     from shards.index import INDEX_FILE, VIDEOS_FILE, rows_to_table, write_table_atomic
