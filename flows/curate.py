@@ -322,7 +322,16 @@ def first_shard_bytes(config: CurateConfig) -> int:
     return int(min(config.shard_max_mb * 2**20, config.shard_max_samples * 8 * 2**20))
 
 
-@flow(name="curate", log_prints=False, validate_parameters=True)
+def _flow_run_name() -> str:
+    """`curate-<run folder>`, for every run of the flow (the command line's and a deployment's alike)."""
+    from prefect.runtime import flow_run
+
+    from flows.flowrun import run_name
+
+    return run_name("curate", flow_run.parameters.get("out") or "run")
+
+
+@flow(name="curate", log_prints=False, validate_parameters=True, flow_run_name=_flow_run_name)
 def curate_flow(manifest: str, out: str, config: CurateConfig = CurateConfig()) -> dict:
     out_dir = Path(out)
     check_writable(out_dir, first_shard_bytes(config))

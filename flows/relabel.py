@@ -219,7 +219,17 @@ def prepare_version(out_dir: Path, config: RelabelConfig) -> tuple[str, dict[str
     return version, info
 
 
-@flow(name="relabel", log_prints=False, validate_parameters=True)
+def _flow_run_name() -> str:
+    """`relabel-<stage>:<backend>-<run folder>`, for every run of the flow (command line or deployment)."""
+    from prefect.runtime import flow_run
+
+    config = flow_run.parameters.get("config") or {}
+    if not isinstance(config, RelabelConfig):
+        config = RelabelConfig.model_validate(config)
+    return flow_run_name(flow_run.parameters.get("out") or "run", config)
+
+
+@flow(name="relabel", log_prints=False, validate_parameters=True, flow_run_name=_flow_run_name)
 def relabel_flow(out: str, config: RelabelConfig) -> dict:
     # one writer per run folder; tracebacks of handled errors to RUN/logs/relabel-<time>.log
     with run_lock(Path(out), f"unish relabel {config.stage_name}"), run_log(Path(out), "relabel"):

@@ -422,3 +422,18 @@ def test_a_takedown_deletes_the_logs_that_name_a_withdrawn_video(tmp_path):
     assert plan.work == ["logs/curate-1.log"]
     plan, _ = plan_run(tmp_path, Match(set(), {"media/x.mp4"}, set()))
     assert plan.work == ["logs/curate-1.log"]
+
+
+def test_a_deployment_run_of_the_flow_is_named_too(tmp_path, prefect_api):
+    """The name comes from the flow itself, so a deployment's runs (no command line) carry it as well."""
+    from prefect.client.orchestration import get_client
+
+    from flows.curate import curate_flow
+    from flows.params import CurateConfig
+
+    (tmp_path / "m.csv").write_text("source\n")
+    state = curate_flow(str(tmp_path / "m.csv"), str(tmp_path / "nightly"), CurateConfig(progress=False),
+                        return_state=True)
+    assert state.is_completed()
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(state.state_details.flow_run_id).name == "curate-nightly"
