@@ -1,129 +1,62 @@
-"""The `unish` command line."""
+"""The `unish` command line.
+
+Start-up is kept short: this module imports only typer and rich, and each command imports what it uses when it
+runs.  Commands live in two places:
+
+- here, with `@app.command()` (`inspect`, `verify`): their bodies import what they need;
+- in their own modules, registered lazily: one line of `LAZY_COMMANDS` below, `name: ("module:attribute", "one
+  line for `unish --help`")`; the attribute is a command function or a Typer sub-app.  The module is imported only
+  when that command runs or shows its own help, so `unish --help` stays fast.  To add a command, write it in its
+  module and add its line.
+
+Exit status: one scheme for every command, `flows/exitcodes.py` (0 ok, 1 failed, 2 usage, 3 a rerun may help).
+"""
 from __future__ import annotations
 
 import itertools
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Optional  # noqa: F401  (for commands added here)
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows.exitcodes import HELP as EXIT_HELP
+from flows.lazycli import LazyGroup
+
+# name -> ("module:attribute", short help shown by `unish --help`); in the order `unish --help` lists them.
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "curate": ("flows.curate_cmd:curate", "Curate a manifest into WebDataset shards with a Parquet index."),
+    "relabel": ("flows.relabel_cmd:relabel", "Recompute one label family from the stored frames and write it as a new "
+                "label version."),
+    "labels": ("flows.relabel_cmd:label_versions", "List the label versions of a curated output (for "
+               "`iter_clips_with_labels(versions=...)`)."),
+    "infer": ("flows.infer_cli:infer", "Reconstruct the scene, cameras and the person's SMPL body from a video, in "
+              "one world frame and scale."),
+    "eval": ("flows.eval_cmd:eval_app", "Evaluate as the peers measure: video depth (Bonn) and world motion "
+             "(EMDB-2, RICH)."),
+    "weights": ("flows.weights_cmd:weights_app", "Model weights: what the project uses, what is here, and how to "
+                "get the rest."),
+    "release": ("flows.release_cmd:release", "Write a release folder: video IDs, timestamps, a rebuild manifest "
+                "and a dataset card; no frames or labels."),
+    "takedown": ("flows.takedown:takedown", "Withdraw videos from runs and releases: remove every trace, blocklist "
+                 "them, and check none remains."),
+    "train": ("flows.train_cmd:train", "Train one UniSH stage from shards (torchrun-ready; `unish train --help` "
+              "lists every setting)."),
+    "export": ("flows.train_cmd:export", "Write a trained model in the official `unish_release` layout, for the "
+               "official UniSH code."),
+}
+
 app = typer.Typer(help="unish: curate video into training shards, and run UniSH.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+                  pretty_exceptions_enable=False, cls=LazyGroup, epilog=EXIT_HELP)
+LazyGroup.lazy_commands = LAZY_COMMANDS
 console = Console(stderr=True)
-
-
-@app.command()
-def curate(
-    manifest: Path = typer.Argument(..., help="CSV, JSONL or Parquet with source[, start, end, id]"),
-    out: Path = typer.Option(..., "--out", help="output folder (shards/, index.parquet, videos.parquet)"),
-    profile: str = typer.Option("none", help="labelling profile: none, lite or paper"),
-    stages: Optional[str] = typer.Option(None, help="comma-separated labelling stages (overrides --profile)"),
-    stage_param: list[str] = typer.Option([], "--stage-param", help="STAGE.KEY=VALUE (JSON value), repeatable"),
-    workers: int = typer.Option(2, min=1, help="videos processed at once"),
-    window_seconds: float = typer.Option(5.0, help="clip window length"),
-    window_frames: int = typer.Option(30, help="frames per window"),
-    window_fps: float = typer.Option(6.0, help="frames per second inside a window"),
-    stride: Optional[float] = typer.Option(None, help="seconds between window starts (default: back to back)"),
-    shard_max_mb: float = typer.Option(512.0, help="shard size bound"),
-    fetch_retries: int = typer.Option(3, help="retries of a transient download error (queued: others go on)"),
-    retry_delay: list[float] = typer.Option([10.0, 60.0, 300.0], help="seconds before each retry (last repeats)"),
-    host_backoff: float = typer.Option(30.0, help="seconds a host:port rests after a transient error there"),
-    fetch_timeout: float = typer.Option(20.0, help="socket time-out of a download, seconds"),
-    max_frame_offset: Optional[float] = typer.Option(
-        None, help="farthest a sampled frame may be from its time, seconds (default: half the sample interval)"),
-    verify_shards: bool = typer.Option(False, help="check the digests of every finished shard, not only of "
-                                       "files whose size or time changed"),
-    cookies: Optional[str] = typer.Option(None, help="cookies.txt for yt-dlp (only if you configure it)"),
-    proxy: Optional[str] = typer.Option(None, help="proxy URL for yt-dlp"),
-    progress: bool = typer.Option(True, help="live progress display"),
-) -> None:
-    """Curate a manifest into WebDataset shards with a Parquet index."""
-    from flows.curate import StorageFailed, run_curate, set_progress_hook
-    from flows.params import CurateConfig, parse_stage_params
-    from flows.report import print_funnel
-    from shards.index import compute_funnel, read_index
-    from shards.runfolder import NotEnoughSpace, OutputNotWritable, RunLocked
-
-    try:
-        params = parse_stage_params(stage_param)
-    except ValueError as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(2) from None
-    config = CurateConfig(
-        profile=profile, stages=stages.split(",") if stages else None, workers=workers,
-        stage_params=params,
-        window_seconds=window_seconds, window_frames=window_frames, window_fps=window_fps, stride_s=stride,
-        shard_max_mb=shard_max_mb, fetch_retries=fetch_retries, fetch_retry_delays_s=retry_delay,
-        host_backoff_s=host_backoff, fetch_timeout_s=fetch_timeout, max_frame_offset_s=max_frame_offset,
-        verify_shards=verify_shards, cookies=cookies, proxy=proxy, progress=progress,
-    )
-    if not manifest.is_file():
-        console.print(f"[red]manifest {manifest} does not exist or is not a file[/red]")
-        raise typer.Exit(2)
-    try:
-        config.stage_names()
-    except (ValueError, KeyError) as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(2) from None
-    _refuse_unless_writable(out, config)
-    try:
-        if progress:
-            _run_with_progress(manifest, out, config)
-        else:
-            set_progress_hook(None)
-            run_curate(manifest, out, config)
-    except (RunLocked, OutputNotWritable, NotEnoughSpace, StorageFailed) as e:
-        _say_error(str(e))
-        raise typer.Exit(1) from None
-    index, videos = read_index(out)
-    print_funnel(compute_funnel(index, videos), Console())
-    problems = [v for v in videos.to_pylist() if v["status"] == "error"]
-    for v in problems:
-        console.print(f"[yellow]{v['reason']}[/yellow] row {v['row']} {v['source']}: {v['message']}")
 
 
 def _say_error(text: str) -> None:
     """One plain line on stderr: no markup, no wrapping inside paths (scripts read the last lines)."""
     console.print(f"error: {text}", style="red", markup=False, highlight=False, soft_wrap=True)
-
-
-def _refuse_unless_writable(out: Path, config) -> None:
-    """Fail at once (before the flow's slow start) if the folder is being written, not writable or full."""
-    from flows.curate import first_shard_bytes
-    from shards.runfolder import NotEnoughSpace, OutputNotWritable, RunLocked, check_unlocked, check_writable
-
-    try:
-        check_writable(out, first_shard_bytes(config))
-        check_unlocked(out)
-    except (RunLocked, OutputNotWritable, NotEnoughSpace) as e:
-        _say_error(str(e))
-        raise typer.Exit(1) from None
-
-
-def _run_with_progress(manifest: Path, out: Path, config) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from flows.curate import run_curate, set_progress_hook
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[last]}"), console=console, transient=False) as bar:
-        task_id = bar.add_task("videos", total=None, last="")
-
-        def hook(event: dict) -> None:
-            if event["event"] == "start":
-                bar.update(task_id, total=event["videos"])
-            else:
-                bar.update(task_id, advance=1, last=f"{event['source_id'] or event['source']}: "
-                           f"{event['status']} {event.get('reason') or ''} ({event.get('ok_clips', 0)} clips)")
-
-        set_progress_hook(hook)
-        try:
-            run_curate(manifest, out, config)
-        finally:
-            set_progress_hook(None)
 
 
 @app.command()
@@ -203,65 +136,6 @@ def verify(
         for r in plan:
             out_console.print(f"repair: {r.describe()}", highlight=False, soft_wrap=True)
     raise typer.Exit(0 if report.ok else 1)
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
-def train(ctx: typer.Context) -> None:
-    """Train one UniSH stage from shards (torchrun-ready; `unish train --help` lists every setting)."""
-    from unish_model.train.cli import main as train_main
-
-    args = list(ctx.args)
-    if "--body-model" not in args and "--tiny-random" not in args and "--help" not in args and "-h" not in args:
-        from tasks.weights import weights_path
-
-        smpl = weights_path("smpl_neutral")  # stages 2 and 3 pose SMPL: the weights folder's, when it is there
-        if smpl.is_file():
-            args += ["--body-model", str(smpl)]
-    raise typer.Exit(train_main(args))
-
-
-@app.command()
-def export(
-    run: Path = typer.Argument(..., help="a training run folder, a checkpoint folder or its model.safetensors"),
-    out: Path = typer.Option(..., "--out", help="the file to write, e.g. unish_release.safetensors"),
-) -> None:
-    """Write a trained model in the official `unish_release` layout, for the official UniSH code."""
-    from unish_model.train.checkpoint import export_official
-
-    try:
-        export_official(run, out)
-    except FileNotFoundError as e:
-        _say_error(str(e))
-        raise typer.Exit(2) from None
-    console.print(f"wrote {out}", markup=False, highlight=False, soft_wrap=True)
-
-
-def _mount_subcommands() -> None:
-    from flows.eval_cmd import eval_app
-    from flows.infer_cmd import infer
-    from flows.relabel import label_versions, relabel
-    from flows.weights_cmd import weights_app
-
-    app.add_typer(eval_app, name="eval")
-    app.add_typer(weights_app, name="weights")
-    app.command("infer")(infer)
-    app.command("relabel")(relabel)
-    app.command("labels")(label_versions)
-
-
-_mount_subcommands()
-
-
-def _mount_release_commands() -> None:
-    """`unish release` and `unish takedown` (their modules import nothing heavy until a command runs)."""
-    from flows.release_cmd import release
-    from flows.takedown import takedown
-
-    app.command("release")(release)
-    app.command("takedown")(takedown)
-
-
-_mount_release_commands()
 
 
 def main() -> None:

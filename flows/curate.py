@@ -29,12 +29,13 @@ from shards.release import RUN_PARAMS_FILE
 from shards.runfolder import check_writable, run_lock
 from shards.schema import INDEX_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_REJECTED, VIDEOS_SCHEMA
 from flows.params import CurateConfig
+from flows.runlog import handled_log, run_log
 from flows.video_queue import QueuedVideo, VideoQueue
 from tasks import pipeline
-from tasks.fetch import FetchError, Fetched, fetch_source
+from tasks.fetch import ERROR_CLASSES, FetchError, Fetched, fetch_source
 from tasks.manifest import ManifestRow, read_manifest
 from tasks.probe import TruncatedVideo, UnreadableVideo, VideoInfo
-from tasks.stage import LabelStage, build_stage
+from tasks.stage import LabelStage, build_stage, check_stage_weights
 from tasks.staging import StagedClipDamaged, read_json
 
 WORK_DIR = "_work"
@@ -110,12 +111,37 @@ def _finished(workdir: Path, shard_dir: Path, fingerprint: str, full_check: bool
     return None, [str(p) for p in problems]
 
 
+# Error reasons a rerun cannot clear: the input is bad, or gone for good. Every other error (transient download
+# classes after their retries, `fetch_failed`, a download cut short, damaged staging, clip errors, exceptions unish
+# does not classify) is redone by a rerun, which may clear it; the exit status tells them apart (flows/exitcodes.py).
+PERMANENT_REASONS = frozenset({"manifest", "unreadable", "span_out_of_range", "missing_file", "not_a_file"} |
+                              {c.reason for c in ERROR_CLASSES if not c.transient})
+
+
+def error_entry(vrow: dict, stage: str, retry_may_help: bool, key: str = "") -> dict:
+    """One handled error as the command line reports it: video (or clip), stage, class, message."""
+    return {"source_id": vrow.get("source_id") or "", "source": vrow.get("source") or "", "row": vrow.get("row"),
+            "key": key, "stage": stage, "reason": vrow.get("reason") or "", "message": vrow.get("message") or "",
+            "retry_may_help": retry_may_help}
+
+
+def clip_error_entries(vrow: dict, clips: list[dict]) -> list[dict]:
+    """The clip errors of a video (a labelling stage failed on a clip; the message starts with the stage's family)."""
+    out = []
+    for c in clips:
+        if c["status"] == STATUS_ERROR:
+            stage = "label:" + (c.get("message") or "").partition(":")[0]
+            out.append(error_entry({**vrow, "reason": c["reason"], "message": c["message"]}, stage, True, c["key"]))
+    return out
+
+
 @task(name="video", cache_policy=NO_CACHE, task_run_name="video-{row.source_id}-{row.span_tag}")
 def video_task(row: ManifestRow, out: str, config: CurateConfig, stage_names: list[str]) -> dict:
     """The whole chain of one video; returns its video row and clip rows, plus `retry` (a transient
     download error: the queue tries again later), `fatal` (the output's storage failed) or `repaired`
-    (damaged shards of a finished video, rewritten). Never raises for bad input: the error is recorded
-    and the other videos go on."""
+    (damaged shards of a finished video, rewritten), and `errors` (each handled error: stage, class, message,
+    whether a rerun may clear it; its traceback goes to the run's log). Never raises for bad input: the error
+    is recorded and the other videos go on."""
     out_dir = Path(out)
     shard_dir = out_dir / SHARD_DIR
     workdir = pipeline.video_workdir(out_dir / WORK_DIR / "videos", row)
@@ -127,28 +153,39 @@ def video_task(row: ManifestRow, out: str, config: CurateConfig, stage_names: li
         return {"video": saved["video"], "clips": saved["clips"], "skipped": True}
     info: VideoInfo | None = None
     fetched: Fetched | None = None
+    stage = "fetch"
 
-    def failed(reason: str, message: str, **extra: Any) -> dict:
+    def failed(reason: str, message: str, retry_may_help: bool | None = None, **extra: Any) -> dict:
+        """The video's error row; called inside the `except` block, so the log gets the traceback."""
         vrow = pipeline.video_row(row, STATUS_ERROR, reason, message, info, fetched.path if fetched else "")
-        return {"video": vrow, "clips": [], "repaired": repaired, **extra}
+        may_help = reason not in PERMANENT_REASONS if retry_may_help is None else retry_may_help
+        handled_log.error("%s (manifest row %s, %s) %s: %s: %s", row.source_id, row.row, row.recorded_source, stage,
+                          reason, message, exc_info=True)
+        return {"video": vrow, "clips": [], "repaired": repaired, "errors": [error_entry(vrow, stage, may_help)],
+                **extra}
 
     try:
         fetched = fetch_task(row, str(out_dir / WORK_DIR / "downloads"), config)
+        stage = "probe"
         info = probe_task(fetched, str(workdir))
+        stage = "segment"
         windows = segment_task(row, fetched, info, str(workdir), config)
         pipeline.reopen_stale_clips(workdir, windows, {s.name: fp for s, fp in zip(stages, stage_fps)})
         for name, stage_fp in zip(stage_names, stage_fps):
+            stage = f"label:{name}"
             label_task(name, str(workdir), windows, stage_fp, config.stage_params.get(name))
-        families = [stage.name for stage in stages]
+        families = [s.name for s in stages]
+        stage = "pack"
         clips = pack_task(row, str(workdir), windows, families, str(shard_dir), config, fingerprint)
     except FetchError as e:
         if e.transient:
-            return failed(e.reason, e.message, retry={"host": e.host, "message": e.message})
+            return failed(e.reason, e.message, True, retry={"host": e.host, "message": e.message})
         return failed(e.reason, e.message)
     except UnreadableVideo as e:
-        if isinstance(e, TruncatedVideo) and fetched is not None and row.kind != "path":
+        cut_download = isinstance(e, TruncatedVideo) and fetched is not None and row.kind != "path"
+        if cut_download:
             Path(fetched.path).unlink(missing_ok=True)  # a cut download: fetch it again on the next run
-        return failed(e.reason, e.message)
+        return failed(e.reason, e.message, True if cut_download else None)
     except pipeline.SpanOutOfRange as e:
         return failed(e.reason, str(e))
     except StagedClipDamaged as e:  # staged again by the next run
@@ -164,7 +201,7 @@ def video_task(row: ManifestRow, out: str, config: CurateConfig, stage_names: li
         vrow = pipeline.video_row(row, STATUS_REJECTED, "too_short", message, info, fetched.path, clips)
     if not any(c["status"] == STATUS_ERROR for c in clips):  # a clip error is retried by the next run
         write_json_atomic(workdir / VIDEO_MARKER, {"fingerprint": fingerprint, "video": vrow, "clips": clips})
-    return {"video": vrow, "clips": clips, "repaired": repaired}
+    return {"video": vrow, "clips": clips, "repaired": repaired, "errors": clip_error_entries(vrow, clips)}
 
 
 def manifest_problem_rows(problems: list, blocklist: Blocklist = Blocklist()) -> list[dict]:
@@ -191,8 +228,30 @@ RECORDED_SOFTWARE = ("unish", "av", "opencv-python-headless", "opencv-python", "
                      "webdataset", "pyarrow", "yt-dlp")
 
 
+def effective_config(config: CurateConfig) -> dict[str, Any]:
+    """Every setting the run used, as `unish curate --config` reads it back (the `curate` table of curate.json):
+    not the display switch, and a proxy without its user and password."""
+    settings = config.model_dump(exclude={"progress"})
+    if settings.get("proxy"):
+        settings["proxy"] = _without_credentials(settings["proxy"])
+    return settings
+
+
+def _without_credentials(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def record_parameters(out_dir: Path, config: CurateConfig, stage_names: list[str]) -> bool:
-    """Write curate.json (the curation's parameters and software versions) if it changed; returns whether it wrote."""
+    """Write curate.json if it changed (returns whether it wrote): the parameters that decide what the run wrote
+    (`params`, for the dataset card), the software versions, and the run's effective configuration (`curate`, a
+    config file for `unish curate --config`)."""
     import importlib.metadata
 
     software = {}
@@ -203,7 +262,8 @@ def record_parameters(out_dir: Path, config: CurateConfig, stage_names: list[str
             pass
     record = {"params": {**config.model_dump(include=set(RECORDED_PARAMS)), "stages": stage_names,
                          "spine_version": pipeline.SPINE_VERSION},
-              "software": software}
+              "software": software,
+              "curate": effective_config(config)}
     path = out_dir / RUN_PARAMS_FILE
     try:
         if read_json(path) == record:
@@ -262,11 +322,20 @@ def first_shard_bytes(config: CurateConfig) -> int:
     return int(min(config.shard_max_mb * 2**20, config.shard_max_samples * 8 * 2**20))
 
 
-@flow(name="curate", log_prints=False, validate_parameters=True)
+def _flow_run_name() -> str:
+    """`curate-<run folder>`, for every run of the flow (the command line's and a deployment's alike)."""
+    from prefect.runtime import flow_run
+
+    from flows.flowrun import run_name
+
+    return run_name("curate", flow_run.parameters.get("out") or "run")
+
+
+@flow(name="curate", log_prints=False, validate_parameters=True, flow_run_name=_flow_run_name)
 def curate_flow(manifest: str, out: str, config: CurateConfig = CurateConfig()) -> dict:
     out_dir = Path(out)
     check_writable(out_dir, first_shard_bytes(config))
-    with run_lock(out_dir, f"unish curate {manifest}") as lock:
+    with run_lock(out_dir, f"unish curate {manifest}") as lock, run_log(out_dir, "curate"):
         return _curate_locked(manifest, out_dir, config, lock.took_over.describe() if lock.took_over else "")
 
 
@@ -285,9 +354,11 @@ def _curate_locked(manifest: str, out_dir: Path, config: CurateConfig, took_over
     stage_names = config.stage_names()
     with _STAGES_LOCK:  # weights or inputs may have changed on disk since an earlier run in this process
         _STAGES.clear()
-    for name in stage_names:  # fail fast (missing weights, unknown stage) before any video is touched
+    check_stage_weights(stage_names, config.stage_params)  # every missing weights file at once, before any work
+    for name in stage_names:  # fail fast (unknown stage, a broken file) before any video is touched
         get_stage(name, config.stage_params.get(name))
     videos = manifest_problem_rows(parsed.problems, blocklist) + [withdrawn_video_row(r.row) for r in withdrawn]
+    errors = [error_entry(v, "manifest", False) for v in videos if v["status"] == STATUS_ERROR]
     clips: list[dict] = []
     summary = Counter()
     fatal = ""
@@ -321,10 +392,13 @@ def _curate_locked(manifest: str, out_dir: Path, config: CurateConfig, took_over
             continue
         if retry:
             result["video"]["message"] += f" (gave up after {item.attempts + 1} attempts; a rerun tries again)"
+            for e in result.get("errors", []):
+                e["message"] = result["video"]["message"]
             summary["transient_left"] += 1
         if result.get("fatal") and not fatal:
             fatal = result["fatal"]
         summary["skipped"] += bool(result.get("skipped"))
+        errors.extend(result.get("errors", []))
         videos.append(result["video"])
         clips.extend(result["clips"])
         _emit({"event": "video", **result["video"], "ok_clips": sum(c["status"] == STATUS_OK for c in result["clips"]),
@@ -342,10 +416,17 @@ def _curate_locked(manifest: str, out_dir: Path, config: CurateConfig, took_over
     return {"videos": len(videos), "clips": len(clips), "ok": sum(c["status"] == STATUS_OK for c in clips),
             "skipped": summary["skipped"], "retried": summary["retried"], "repaired": summary["repaired"],
             "transient_left": summary["transient_left"], "tables_written": wrote, "set_aside": moved,
-            "withdrawn": len(withdrawn)}
+            "withdrawn": len(withdrawn), "queued": len(rows), "errors": sorted(errors, key=lambda e: (e["row"] or 0, e["key"]))}
+
+
+def configured_flow(config: CurateConfig) -> Any:
+    """The flow with `config.workers` videos at once (the task runner is a run-time choice)."""
+    return curate_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=config.workers))
 
 
 def run_curate(manifest: str | Path, out: str | Path, config: CurateConfig = CurateConfig()) -> dict:
-    """Run the flow with `config.workers` videos at once (the task runner is a run-time choice)."""
-    configured = curate_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=config.workers))
+    """Run the flow, named after the run folder (`curate-<folder>`); returns its summary."""
+    from flows.flowrun import run_name
+
+    configured = configured_flow(config).with_options(flow_run_name=run_name("curate", out))
     return configured(str(manifest), str(out), config)

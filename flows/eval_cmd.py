@@ -10,15 +10,9 @@ SMPL-X (`--smplx-dir`) and GVHMR's smplx2smpl map (`--smplx2smpl`).  `--tiny-ran
 synthetic SMPL when none is given) is for smoke tests; `--oracle` feeds the ground truth through the same path
 (zero error when prediction and ground truth share a body model: a plumbing check).
 
-`unish eval metrics --kind depth FILE.npz` reads `pred` (F, h, w) and `gt` (F, H, W) depth in
-metres, optional `align` (scale&shift | scale | median | metric; default scale&shift) and
-`max_depth` (default 70), and prints one JSON object: Abs Rel, delta < 1.25 and the rest, the
-valid pixel count and the alignment found.
-
-`unish eval metrics --kind motion FILE.npz` reads `pred` and `gt` world joints (F, J, 3) in metres
-(joint 0 = root), optional `pred_verts` / `gt_verts` (F, 6890, 3) for foot sliding, `mask` (F,),
-`fps` (30) and `chunk` (100), and prints the sequence means of WA-MPJPE, W-MPJPE (mm), RTE (%),
-jitter (10 m/s^3) and foot sliding (mm).
+`unish eval metrics --kind depth|motion FILE.npz` scores saved arrays (`METRICS_HELP` lists them) and prints one
+JSON object with the metrics and their `units`.  The arrays are checked first: the kind must fit their shapes
+(joints are not depth maps), the prediction must be finite, and something must count (a valid pixel, a frame).
 """
 
 from __future__ import annotations
@@ -37,8 +31,26 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from unish_model.metrics.depth import ALIGN_MODES, DEFAULT_MAX_DEPTH, evaluate_sequence
-from unish_model.metrics.motion import CHUNK_FRAMES, aggregate_motion, global_motion_metrics
+ALIGN_MODES = ("scale&shift", "scale", "median", "metric")  # unish_model.metrics.depth.ALIGN_MODES (a test checks)
+
+METRICS_HELP = (
+    "Arrays in FILE.npz (numpy, no pickles). --kind depth: `pred` (F, h, w) predicted depth, resized to the ground "
+    "truth; `gt` (F, H, W) ground-truth depth in metres (a pixel counts where 0 < gt < max_depth; 0 or NaN: no "
+    "depth); optional `align` (scale&shift | scale | median | metric; default scale&shift) and `max_depth` (metres, "
+    "default 70). --kind motion: `pred` and `gt` (F, J, 3) world joints in metres, joint 0 the root; optional "
+    "`pred_verts` and `gt_verts` (F, V, 3) SMPL vertices in metres (foot sliding), `mask` (F,) frames that count, "
+    "`fps` (default 30), `chunk` (frames per alignment, default 100). Prints one JSON object; `units` gives each "
+    "value's unit.")
+
+# The unit of every value `unish eval metrics` prints (also in its JSON, under `units`).
+UNITS = {
+    "depth": {"abs_rel": "ratio (mean |p - g| / g)", "sq_rel": "m (mean (p - g)^2 / g)", "rmse": "m",
+              "log_rmse": "log m", "delta_1.25": "fraction of valid pixels", "delta_1.25^2": "fraction of valid pixels",
+              "delta_1.25^3": "fraction of valid pixels", "valid_pixels": "pixels", "scale": "ratio (gt / pred)",
+              "shift": "m", "max_depth": "m"},
+    "motion": {"wa_mpjpe": "mm", "w_mpjpe": "mm", "rte": "% of the ground-truth root path length",
+               "jitter": "10 m/s^3", "fs": "mm", "frames": "frames"},
+}
 
 eval_app = typer.Typer(
     help="Evaluate as the peers measure: video depth (Bonn) and world motion (EMDB-2, RICH).",
@@ -85,45 +97,110 @@ def _required(arrays: Any, key: str, file: Path) -> np.ndarray:
     return np.asarray(arrays[key])
 
 
+def _kind_mismatch(arr: np.ndarray, kind: str, name: str) -> str | None:
+    """Why an array cannot be what `kind` reads (None when its shape fits)."""
+    if kind == "depth":
+        if arr.ndim not in (2, 3):
+            return f"'{name}' has shape {arr.shape}; depth maps are (frames, H, W)"
+        if arr.ndim == 3 and arr.shape[-1] == 3:
+            return (f"'{name}' has shape {arr.shape}: 3 values per row look like joints or points (frames, points, 3), "
+                    f"not depth maps (frames, H, W); use --kind motion")
+        return None
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        hint = "; use --kind depth" if arr.ndim in (2, 3) else ""
+        return f"'{name}' has shape {arr.shape}; motion reads world joints (frames, points, 3){hint}"
+    return None
+
+
+def _finite(arr: np.ndarray, name: str, file: Path, what: str) -> None:
+    bad = int(arr.size - np.isfinite(arr).sum()) if np.issubdtype(arr.dtype, np.number) else arr.size
+    if bad:
+        raise typer.BadParameter(f"{file}: '{name}' has {bad} of {arr.size} values that are NaN or infinite; {what}")
+
+
 def _depth(arrays: Any, file: Path) -> dict[str, Any]:
+    import torch
+
+    from unish_model.metrics.depth import DEFAULT_MAX_DEPTH, evaluate_sequence, valid_mask
+
     align = _scalar(arrays, "align", "scale&shift", str, file)
     if align not in ALIGN_MODES:
         raise typer.BadParameter(f"{file}: align must be one of {ALIGN_MODES}, got {align!r}")
     max_depth = _scalar(arrays, "max_depth", DEFAULT_MAX_DEPTH, float, file)
-    result = evaluate_sequence(_required(arrays, "pred", file), _required(arrays, "gt", file), align, max_depth)
-    return {"kind": "depth", "max_depth": max_depth, **result.as_dict()}
+    if not max_depth > 0:
+        raise typer.BadParameter(f"{file}: max_depth must be > 0 metres, got {max_depth}")
+    pred, gt = _required(arrays, "pred", file), _required(arrays, "gt", file)
+    for name, arr in (("pred", pred), ("gt", gt)):
+        problem = _kind_mismatch(arr, "depth", name)
+        if problem:
+            raise typer.BadParameter(f"{file}: {problem}")
+    _finite(pred, "pred", file, "a prediction must give every pixel a depth")
+    if not np.issubdtype(gt.dtype, np.number):
+        raise typer.BadParameter(f"{file}: 'gt' is not numeric ({gt.dtype})")
+    if int(valid_mask(torch.from_numpy(np.asarray(gt, np.float64)), max_depth).sum()) == 0:
+        raise typer.BadParameter(f"{file}: no pixel of 'gt' counts (0 < gt < max_depth = {max_depth:g} m): "
+                                 f"nothing to score")
+    result = evaluate_sequence(pred, gt, align, max_depth)
+    return {"kind": "depth", "max_depth": max_depth, **result.as_dict(), "units": UNITS["depth"]}
 
 
 def _motion(arrays: Any, file: Path) -> dict[str, Any]:
+    from unish_model.metrics.motion import CHUNK_FRAMES, aggregate_motion, global_motion_metrics
+
     pred, gt = _required(arrays, "pred", file), _required(arrays, "gt", file)
+    for name, arr in (("pred", pred), ("gt", gt)):
+        problem = _kind_mismatch(arr, "motion", name)
+        if problem:
+            raise typer.BadParameter(f"{file}: {problem}")
+    mask = np.asarray(arrays["mask"]) if "mask" in arrays else None
+    keep: Any = slice(None)
+    if mask is not None and mask.shape == (len(pred),):
+        keep = mask.astype(bool)
+        if not keep.any():
+            raise typer.BadParameter(f"{file}: 'mask' keeps no frame: nothing to score")
+    if len(pred) == len(gt):  # (a length mismatch is the metrics' own error, below)
+        _finite(pred[keep], "pred", file, "drop those frames with `mask` (F,) or fill them")
+        _finite(gt[keep], "gt", file, "drop those frames with `mask` (F,)")
     verts = [np.asarray(arrays[k]) if k in arrays else None for k in ("pred_verts", "gt_verts")]
+    fps = _scalar(arrays, "fps", 30.0, float, file)
+    if not fps > 0:
+        raise typer.BadParameter(f"{file}: fps must be > 0, got {fps}")
     per_frame = global_motion_metrics(
         pred,
         gt,
         pred_vertices=verts[0],
         gt_vertices=verts[1],
-        mask=np.asarray(arrays["mask"]) if "mask" in arrays else None,
-        fps=_scalar(arrays, "fps", 30.0, float, file),
+        mask=mask,
+        fps=fps,
         chunk=_scalar(arrays, "chunk", CHUNK_FRAMES, int, file),
     )
-    return {"kind": "motion", "frames": int(len(per_frame["wa_mpjpe"])), **aggregate_motion([per_frame])}
+    units = {k: v for k, v in UNITS["motion"].items() if k in per_frame or k == "frames"}
+    return {"kind": "motion", "frames": int(len(per_frame["wa_mpjpe"])), **aggregate_motion([per_frame]),
+            "units": units}
 
 
-@eval_app.command("metrics")
+@eval_app.command("metrics", epilog=METRICS_HELP)
 def metrics(
-    file: Annotated[Path, typer.Argument(help="An .npz with the arrays named above.")],
-    kind: Annotated[Kind, typer.Option("--kind", help="depth or motion")],
+    file: Annotated[Path, typer.Argument(help="An .npz with the arrays listed below.")],
+    kind: Annotated[Kind, typer.Option("--kind", help="depth (Abs Rel, delta < 1.25, ...) or motion (WA-MPJPE, "
+                                       "W-MPJPE, RTE, jitter, foot sliding)")],
 ) -> None:
-    """Compute benchmark metrics from arrays saved in FILE and print one JSON object."""
+    """Compute benchmark metrics from arrays saved in FILE and print one JSON object (with each value's unit).
+
+    Exit status 2 when the arrays do not fit --kind, hold NaN or infinite predictions, or leave nothing to score."""
     if not file.is_file():
         raise typer.BadParameter(f"{file}: no such file")
     try:
         arrays = np.load(file, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise typer.BadParameter(f"{file}: not a readable .npz ({err})") from err
+    if not hasattr(arrays, "files"):
+        raise typer.BadParameter(f"{file}: a single array, not an .npz of named arrays")
     with arrays:
         try:
             out = _depth(arrays, file) if kind is Kind.depth else _motion(arrays, file)
+        except typer.BadParameter:
+            raise
         except ValueError as err:  # bad shapes or values in the arrays
             raise typer.BadParameter(f"{file}: {err}") from err
     typer.echo(json.dumps(_clean(out), sort_keys=True))
@@ -162,7 +239,7 @@ BodyOpt = Annotated[Optional[Path], typer.Option("--body-model", help="SMPL .npz
                                                  "weights folder's SMPL_NEUTRAL)")]
 
 
-@dataclass(frozen=True)
+@dataclass
 class BenchmarkOptions:
     """The options every `unish eval <benchmark>` command takes (see `_shared_parameters`)."""
 
@@ -180,6 +257,9 @@ class BenchmarkOptions:
     solver: str
     save_predictions: bool
     body_model: Optional[Path] = None  # the motion benchmarks' --body-model
+    benchmark: str = ""
+    motion: bool = False  # a motion benchmark: it needs an SMPL body model too
+    _weights_checked: bool = False
 
     def check(self) -> None:
         """Refuse contradictory predictor flags and a bad window plan before any file is read."""
@@ -199,13 +279,22 @@ class BenchmarkOptions:
 
     def predictor(self, oracle: Callable[[], Any], oracle_desc: str) -> tuple[Any, str]:
         """The ground truth (`oracle()`, with --oracle) or UniSH as the predictor, and a description of it."""
+        self.check_weights()
         if self.oracle:
             return oracle(), oracle_desc
         return _model_predictor(self.weights, self.tiny_random, self.device, self.solver)
 
+    def check_weights(self) -> None:
+        """Every weights file the run will read (the model's, a motion benchmark's SMPL), checked at once before
+        the first is loaded, after the benchmark's own layout: missing ones end the command with exit 1."""
+        if not self._weights_checked:
+            self._weights_checked = True
+            _refuse_missing_weights(self, self.benchmark, self.motion)
+
     def body(self) -> Any:
         """The evaluation's SMPL body model (--body-model, the weights folder's, or with --tiny-random a synthetic
         one)."""
+        self.check_weights()
         with tempfile.TemporaryDirectory(prefix="unish-body-") as scratch:
             return _load_body(self.body_model, self.tiny_random, Path(scratch))
 
@@ -248,6 +337,7 @@ def _benchmark_command(benchmark: str, motion: bool = False) -> Callable[[Callab
         def command(**kwargs: Any) -> None:
             options = BenchmarkOptions(**{name: kwargs.pop(name) for name in shared})
             options.check()
+            options.benchmark, options.motion = benchmark, motion
             _guard(lambda: run(options, **kwargs))
 
         command.__name__, command.__doc__ = run.__name__, run.__doc__
@@ -257,6 +347,22 @@ def _benchmark_command(benchmark: str, motion: bool = False) -> Callable[[Callab
         return run
 
     return register
+
+
+def _refuse_missing_weights(options: "BenchmarkOptions", benchmark: str, motion: bool) -> None:
+    """The model's and the body model's files, checked at once before any sequence is read (exit 1, listing all)."""
+    from flows.models import body_needs, model_needs
+    from tasks.weights import WeightsMissing, check_needs
+
+    who = f"unish eval {benchmark}"
+    needs = [] if options.oracle else model_needs(options.weights, options.tiny_random, who)
+    if motion:
+        needs += body_needs(options.body_model, options.tiny_random, who)
+    try:
+        check_needs(needs)
+    except WeightsMissing as err:
+        _say(f"error: {err}", "red")
+        raise typer.Exit(1) from None
 
 
 def _model_predictor(weights: Optional[Path], tiny_random: bool, device: str, solver: str) -> tuple[Any, str]:

@@ -20,20 +20,20 @@ length):
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
-import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
-import typer
 from rich.console import Console
 
 from unish_model.reconstruction import OutputOptions
 
 console = Console(stderr=True)
+MIN_WINDOW_FRAMES = 2  # a video shorter than one window runs as one shorter window of at least this many frames
 
 
 @dataclass
@@ -90,8 +90,10 @@ def _say(text: str) -> None:
     console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
-def run_infer(video: Path, out: Path, config: InferConfig, model: Any, body: Any, log: Callable[[str], None] = _say
-              ) -> InferResult:
+def run_infer(video: Path, out: Path, config: InferConfig, model: Any, body: Any, log: Callable[[str], None] = _say,
+              settings: dict[str, Any] | None = None) -> InferResult:
+    """Run the model over `video` into `out`; `settings` (the weights and body model the command used) are written
+    with `config` into summary.json's `infer`: the run's effective configuration, a `--config` file itself."""
     from tasks.decode import frame_geometry, segment_video
     from tasks.masks import person_mask_stage, person_masks
     from tasks.people.choice import choose_person, person_detector
@@ -109,11 +111,18 @@ def run_infer(video: Path, out: Path, config: InferConfig, model: Any, body: Any
                            stride_s=config.stride / config.fps)
     span = (config.start_s, config.end_s)
     span_start = 0.0 if config.start_s is None else config.start_s
-    planned = plan_windows(span_start, info.duration_s if config.end_s is None else min(config.end_s, info.duration_s),
-                           windows)
-    if not planned:
-        raise ValueError(f"{video}: shorter than one window ({config.window} frames at {config.fps} fps = "
-                         f"{config.window / config.fps:.2f} s)")
+    span_end = info.duration_s if config.end_s is None else min(config.end_s, info.duration_s)
+    planned = plan_windows(span_start, span_end, windows)
+    if not planned:  # shorter than one window: one shorter window (the model takes any number of frames)
+        frames = int(math.floor(max(0.0, span_end - span_start) * config.fps + 1e-6))
+        if frames < MIN_WINDOW_FRAMES:
+            raise ValueError(f"{video}: {max(0.0, span_end - span_start):.2f} s holds {frames} frame(s) at "
+                             f"{config.fps:g} fps; at least {MIN_WINDOW_FRAMES} are needed")
+        log(f"{video.name}: {span_end - span_start:.2f} s is shorter than one window ({config.window} frames at "
+            f"{config.fps:g} fps = {config.window / config.fps:.2f} s): running one window of {frames} frames")
+        config = replace(config, window=frames, stride=frames)
+        windows = replace(windows, seconds=frames / config.fps, frames=frames, stride_s=frames / config.fps)
+        planned = plan_windows(span_start, span_end, windows)
     detector = person_detector(config.people, config.people_weights, config.device)
     mask_stage = person_mask_stage(config.masks)
     spool = FrameSpool(out / ".spool")
@@ -158,7 +167,7 @@ def run_infer(video: Path, out: Path, config: InferConfig, model: Any, body: Any
     result = InferResult(out, spool.frames("images"), len(runner.starts), skipped, metres, files, stats)
     (out / "summary.json").write_text(json.dumps({
         "video": str(video), "frames": result.frames, "windows": result.windows, "skipped_windows": skipped,
-        "metric_scale": metres, "window_stats": stats, "config": asdict(config),
+        "metric_scale": metres, "window_stats": stats, "infer": {**asdict(config), **(settings or {})},
         "files": {k: str(v) for k, v in files.items()}}, indent=2, default=str))
     spool.remove()
     return result
@@ -172,49 +181,6 @@ def open_viewer(rrd: Path) -> None:
     subprocess.Popen([sys.executable, "-m", "rerun", str(rrd)])  # noqa: S603 - fixed argv, no shell
 
 
-def infer(
-    video: Path = typer.Argument(..., help="a video file"),
-    out: Path = typer.Option(..., "--out", help="output folder: unish.npz, points.ply, scene.glb, recording.rrd"),
-    weights: Optional[Path] = typer.Option(None, help="UniSH weights (default: the weights folder's unish_release)"),
-    tiny_random: bool = typer.Option(False, "--tiny-random",
-                                     help="tiny random model: smoke tests only, meaningless output"),
-    body_model: Optional[Path] = typer.Option(None, help="SMPL .npz in SMPL's layout, or 'none' for no meshes"),
-    window: int = typer.Option(30, min=2, help="frames per window"),
-    stride: int = typer.Option(25, min=1, help="frames between window starts (window - stride frames shared)"),
-    fps: float = typer.Option(6.0, help="sampling rate inside a window"),
-    long_side: int = typer.Option(518, help="model input, long side (multiple of 14)"),
-    short_side: int = typer.Option(294, help="model input, short side (multiple of 14)"),
-    people: str = typer.Option("yolo", help="person detector: yolo (paper), hog (lite), frame (whole frame)"),
-    people_weights: str = typer.Option("yolo11n", help="YOLO weights: registry name or .pt file"),
-    masks: str = typer.Option("box", help="person mask: mediapipe (lite), sam2 (paper) or box"),
-    start: Optional[float] = typer.Option(None, help="start time (s)"),
-    end: Optional[float] = typer.Option(None, help="end time (s)"),
-    device: str = typer.Option("cpu", help="cpu or cuda"),
-    view: bool = typer.Option(False, "--view", help="open the Rerun viewer on the recording"),
-) -> None:
-    """Reconstruct the scene, cameras and the person's SMPL body from a video, in one world frame and scale."""
-    from flows.models import load_body_model, load_model
-    from tasks.probe import UnreadableVideo
+from flows.infer_cli import infer  # noqa: E402  (the command itself: flows/infer_cli.py, importable without torch)
 
-    try:
-        config = InferConfig(window=window, stride=stride, fps=fps, long_side=long_side, short_side=short_side,
-                             people=people, people_weights=people_weights, masks=masks, start_s=start, end_s=end,
-                             device=device)
-    except ValueError as e:
-        console.print(str(e), style="red", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-    if tiny_random:
-        console.print("[yellow]--tiny-random: a tiny model with random weights; the output is meaningless[/yellow]")
-    try:
-        with tempfile.TemporaryDirectory(prefix="unish-body-") as scratch:
-            body = load_body_model(body_model, tiny_random, Path(scratch))
-            model = load_model(weights, tiny_random, device)
-            result = run_infer(video, out, config, model, body)
-    except (FileNotFoundError, UnreadableVideo, ValueError, RuntimeError) as e:
-        console.print(str(e), style="red", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-    console.print(f"{result.frames} frames from {result.windows} windows, metric scale {result.metric_scale:.4f}")
-    for kind, path in result.files.items():
-        console.print(f"  {kind}: {path}", markup=False, highlight=False)
-    if view:
-        open_viewer(result.files["rrd"])
+__all__ = ["InferConfig", "InferResult", "infer", "open_viewer", "run_infer"]

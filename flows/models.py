@@ -26,30 +26,47 @@ def load_model(weights: Path | None, tiny_random: bool, device: str, seed: int =
     return load_unish(weights, device=device)
 
 
+def model_needs(weights: Path | None, tiny_random: bool, needed_by: str) -> list[Any]:
+    """The UniSH weights `load_model` will read, as `tasks.weights.Need`s (none for the tiny random model)."""
+    from tasks.weights import Need, how_to_get, need, spec
+
+    if tiny_random:
+        return []
+    if weights is None:
+        return [need("unish_release", needed_by)]
+    return [Need(needed_by, Path(weights), None, how_to_get(spec("unish_release"), Path(weights)))]
+
+
+def body_needs(path: Path | None, tiny_random: bool, needed_by: str) -> list[Any]:
+    """The SMPL file `load_body_model` will read (none for `none`, or for --tiny-random without one: synthetic)."""
+    from tasks.weights import Need, need, weights_path
+
+    if path is not None and str(path).lower() == "none":
+        return []
+    if path is not None:
+        return [Need(needed_by, Path(path), None, "an .npz in SMPL's layout (see unish_model.body), or "
+                     "--body-model none for no meshes")]
+    if tiny_random and not weights_path("smpl_neutral").is_file():
+        return []
+    return [need("smpl_neutral", needed_by)]
+
+
 def load_body_model(path: Path | None, tiny_random: bool, scratch: Path) -> Any:
-    """The SMPL body model for meshes and world joints: --body-model, else the weights folder's
-    SMPL_NEUTRAL.npz (the registry's `smpl_neutral`; converted from a SMPL_NEUTRAL.pkl beside it on first use),
-    else with --tiny-random a synthetic model in SMPL's layout; None when the user passes `none`."""
+    """The SMPL body model for meshes and world joints: --body-model, else the weights folder's SMPL_NEUTRAL.npz
+    (the registry's `smpl_neutral`, converted once from the official pickle: see tasks.weights), else with
+    --tiny-random a synthetic model in SMPL's layout; None when the user passes `none`."""
     from unish_model.body import BodyModel, write_synthetic_body_model
 
     if path is not None and str(path).lower() == "none":
         return None
     if path is not None:
         return BodyModel.from_file(path)
-    from tasks.weights import weights_path
+    from tasks.weights import WeightsMissing, how_to_get, spec, weights_path
 
-    npz = weights_path("smpl_neutral")  # SMPL_NEUTRAL.npz in the weights folder
-    pkl = npz.with_suffix(".pkl")
+    npz = weights_path("smpl_neutral")
     if npz.is_file():
         return BodyModel.from_file(npz)
-    if pkl.is_file():
-        from unish_model.body import convert_smpl_pickle
-
-        console.print(f"converting {pkl} to {npz} (restricted reader, once)", markup=False, highlight=False)
-        return BodyModel.from_file(convert_smpl_pickle(pkl, npz))
     if tiny_random:
         return BodyModel.from_file(write_synthetic_body_model(scratch / "synthetic_smpl.npz"))
-    raise FileNotFoundError(
-        f"no SMPL body model: pass --body-model FILE.npz (SMPL's layout, see unish_model.body), or put the "
-        f"official SMPL neutral .pkl (register at https://smpl.is.tue.mpg.de) at {pkl} (converted on first use), "
-        f"or pass --body-model none for no meshes")
+    raise WeightsMissing(f"no SMPL body model: {npz} not found; {how_to_get(spec('smpl_neutral'), npz)}; or pass "
+                         f"--body-model FILE.npz (SMPL's layout), or --body-model none for no meshes")

@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import flows.prefect_env  # noqa: F401  (sets Prefect defaults before it is imported)
 import numpy as np
@@ -33,22 +33,23 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
-from rich.console import Console
-from rich.table import Table
+
+from flows.runlog import run_log
 
 from shards.blocklist import skip_withdrawn
 from shards.index import INDEX_FILE
-from shards.runfolder import RunLocked, check_unlocked, run_lock
+from shards.runfolder import handled_logger, run_lock
 from shards.sample import ClipSample
 from shards.schema import STATUS_ERROR, STATUS_OK, STATUS_REJECTED
 from shards.sidecar import (
     MAIN_VERSION, SHARD_DIR, VERSION_FILE, SidecarWriter, check_family, iter_clips_with_labels,
-    list_label_versions, main_shards, read_rows, read_version_info, rows_path, sidecar_members, sidecar_path,
+    main_shards, read_rows, read_version_info, rows_path, sidecar_members, sidecar_path,
     version_dir, version_id, write_json_atomic, write_labels_table,
 )
 from tasks.stage import ClipRejected, ClipWindow, LabelStage, build_stage
 
 FAULT_DELAY_ENV = "UNISH_FAULT_RELABEL_DELAY_S"
+_handled = handled_logger()  # a clip's error, with its traceback, for the run's log file
 
 
 class RelabelConfig(BaseModel):
@@ -162,6 +163,7 @@ def relabel_shard(out_dir: Path, shard: str, stage: LabelStage, lock: threading.
                 rows.append(_row(clip.key, family, version, shard, STATUS_REJECTED, base_provenance, r.rule, r.detail))
                 continue
             except Exception as e:  # one clip's failure is recorded and the others go on
+                _handled.error("%s: %s: %s: %s", clip.key, info["stage"], type(e).__name__, e, exc_info=True)
                 rows.append(_row(clip.key, family, version, shard, STATUS_ERROR, base_provenance,
                                  type(e).__name__, str(e)))
                 continue
@@ -179,8 +181,11 @@ def relabel_shard(out_dir: Path, shard: str, stage: LabelStage, lock: threading.
     return {"shard": shard, "written": True, **_counts(rows)}
 
 
-def _counts(rows: list[dict]) -> dict[str, int]:
-    return {s: sum(r["status"] == s for r in rows) for s in (STATUS_OK, STATUS_REJECTED, STATUS_ERROR)}
+def _counts(rows: list[dict]) -> dict[str, Any]:
+    counts: dict[str, Any] = {s: sum(r["status"] == s for r in rows) for s in (STATUS_OK, STATUS_REJECTED, STATUS_ERROR)}
+    counts["errors"] = [{"key": r["key"], "reason": r["reason"], "message": r["message"]} for r in rows
+                        if r["status"] == STATUS_ERROR]
+    return counts
 
 
 # -- Prefect -------------------------------------------------------------------------------------
@@ -208,15 +213,26 @@ def prepare_version(out_dir: Path, config: RelabelConfig) -> tuple[str, dict[str
     stage, _ = get_stage(config)
     version, info = label_version(config.stage_name, stage, dict(config.inputs))
     vfile = version_dir(out_dir, stage.name, version) / VERSION_FILE
-    if not vfile.exists():
+    if not vfile.exists():  # with the relabel's effective configuration (`unish relabel --config version.json`)
         vfile.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(vfile, info)
+        write_json_atomic(vfile, {**info, "relabel": config.model_dump()})
     return version, info
 
 
-@flow(name="relabel", log_prints=False, validate_parameters=True)
+def _flow_run_name() -> str:
+    """`relabel-<stage>:<backend>-<run folder>`, for every run of the flow (command line or deployment)."""
+    from prefect.runtime import flow_run
+
+    config = flow_run.parameters.get("config") or {}
+    if not isinstance(config, RelabelConfig):
+        config = RelabelConfig.model_validate(config)
+    return flow_run_name(flow_run.parameters.get("out") or "run", config)
+
+
+@flow(name="relabel", log_prints=False, validate_parameters=True, flow_run_name=_flow_run_name)
 def relabel_flow(out: str, config: RelabelConfig) -> dict:
-    with run_lock(Path(out), f"unish relabel {config.stage_name}"):  # one writer per run folder
+    # one writer per run folder; tracebacks of handled errors to RUN/logs/relabel-<time>.log
+    with run_lock(Path(out), f"unish relabel {config.stage_name}"), run_log(Path(out), "relabel"):
         return _relabel_locked(out, config)
 
 
@@ -230,88 +246,34 @@ def _relabel_locked(out: str, config: RelabelConfig) -> dict:
         futures = [relabel_shard_task.submit(out, s, config, version, info) for s in shards[i:i + config.workers]]
         results += [f.result() for f in futures]
     table_written = labels_table_task(out)
+    errors = [{**e, "stage": config.stage_name, "retry_may_help": False} for r in results for e in r["errors"]]
     return {
         "family": config.stage, "version": version, "stage": config.stage_name, "shards": len(shards),
         "shards_written": sum(r["written"] for r in results),
         **{s: sum(r[s] for r in results) for s in (STATUS_OK, STATUS_REJECTED, STATUS_ERROR)},
-        "table_written": table_written,
+        "table_written": table_written, "errors": sorted(errors, key=lambda e: e["key"]),
     }
 
 
+def configured_flow(config: RelabelConfig) -> Any:
+    """The flow with `config.workers` shards at once (the task runner is a run-time choice)."""
+    return relabel_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=config.workers))
+
+
+def flow_run_name(out: str | Path, config: RelabelConfig) -> str:
+    from flows.flowrun import run_name
+
+    return run_name(f"relabel-{config.stage_name}", out)
+
+
 def run_relabel(out: str | Path, config: RelabelConfig) -> dict:
-    """Run the flow with `config.workers` shards at once (the task runner is a run-time choice)."""
-    configured = relabel_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=config.workers))
-    return configured(str(out), config)
+    """Run the flow, named `relabel-<stage>:<backend>-<run folder>`; returns its summary."""
+    return configured_flow(config).with_options(flow_run_name=flow_run_name(out, config))(str(out), config)
 
 
-# -- command line --------------------------------------------------------------------------------
-
-
-def _parse_pairs(items: list[str], what: str, json_values: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise typer.BadParameter(f"{what} {item!r} is not NAME=VALUE")
-        if json_values:
-            try:
-                out[name] = json.loads(value)
-            except json.JSONDecodeError:
-                out[name] = value
-        else:
-            out[name] = value
-    return out
-
-
-def relabel(
-    out: Path = typer.Argument(..., help="a curated output folder (shards/, index.parquet)"),
-    stage: str = typer.Option(..., "--stage", help="label family to recompute: people, masks, depth, keypoints"),
-    backend: str = typer.Option(..., "--backend", help="the family's backend, e.g. moge, camerahmr, mediapipe"),
-    param: list[str] = typer.Option([], "--param", help="stage parameter NAME=VALUE (JSON value), repeatable"),
-    use: list[str] = typer.Option([], "--use", help="label version a stage reads, FAMILY=VERSION (default main)"),
-    workers: int = typer.Option(2, min=1, help="main shards relabelled at once"),
-    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
-) -> None:
-    """Recompute one label family from the stored frames and write it as a new label version."""
-    console = Console(stderr=True)
-    config = RelabelConfig(stage=stage, backend=backend, params=_parse_pairs(param, "--param", True),
-                           inputs=_parse_pairs(use, "--use", False), workers=workers)
-    if not (out / INDEX_FILE).exists():
-        console.print(f"[red]{out} is not a curated output: missing {INDEX_FILE}[/red]")
-        raise typer.Exit(2)
-    try:
-        check_unlocked(out)  # fail before Prefect starts; the flow takes the lock itself
-        summary = run_relabel(out, config)
-    except RunLocked as e:
-        console.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-    if as_json:
-        typer.echo(json.dumps(summary, sort_keys=True))
-        return
-    table = Table(title=f"relabel {summary['stage']} -> {summary['family']}/{summary['version']}", header_style="bold")
-    table.add_column("what")
-    table.add_column("count", justify="right")
-    table.add_row("main shards", str(summary["shards"]))
-    table.add_row("sidecars written now", str(summary["shards_written"]))
-    for s in (STATUS_OK, STATUS_REJECTED, STATUS_ERROR):
-        table.add_row(f"clips {s}", str(summary[s]))
-    table.add_row("labels.parquet", "rewritten" if summary["table_written"] else "unchanged")
-    Console().print(table)
-
-
-def label_versions(
-    out: Path = typer.Argument(..., help="a curated output folder"),
-    family: Optional[str] = typer.Option(None, help="only this label family"),
-) -> None:
-    """List the label versions of a curated output (for `iter_clips_with_labels(versions=...)`)."""
-    table = Table(title=f"label versions in {out}", header_style="bold")
-    for col in ("family", "version", "stage", "shards", "complete"):
-        table.add_column(col)
-    for v in list_label_versions(out, family):
-        table.add_row(v.family, v.version, str(v.info.get("stage", "")), f"{v.shards_done}/{v.shards_total}",
-                      "yes" if v.complete else "no")
-    Console().print(table)
-
+# -- command line: flows/relabel_cmd.py (imported without Prefect, for a fast `--help`) ------------
 
 if __name__ == "__main__":
+    from flows.relabel_cmd import relabel
+
     typer.run(relabel)

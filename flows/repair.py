@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from shards.index import INDEX_FILE
 from shards.schema import STATUS_OK
 from shards.verify import VerifyReport
-from tasks import pipeline, staging
+from tasks import staging
 
 WORK_VIDEOS = Path("_work") / "videos"
 _SHARD_NUMBER = re.compile(r"-\d{4}\.tar$")
@@ -71,8 +71,10 @@ def repair_plan(run_dir: Path, report: VerifyReport) -> list[RepairStep]:
 
 def _changed_since_pack(workdir: Path, shard: Path) -> bool:
     """Whether a plain rerun sees this shard as changed (its size or time differ from the pack's record)."""
+    from tasks.pipeline import PACK_MARKER  # here: the pipeline imports the decoders, `unish verify` needs none
+
     try:
-        recorded = staging.read_json(workdir / pipeline.PACK_MARKER).get("shards", {}).get(shard.name)
+        recorded = staging.read_json(workdir / PACK_MARKER).get("shards", {}).get(shard.name)
     except (OSError, ValueError):
         return True  # no record: the rerun packs the video again anyway
     if recorded is None or not shard.exists():

@@ -25,6 +25,13 @@ def _names(names: Optional[list[str]], profile: Optional[str]) -> list[str]:
             say("err", f"unknown weights: {', '.join(unknown)}; known: {', '.join(w.REGISTRY)}")
             raise typer.Exit(2)
         return list(names)
+    if profile is not None:
+        from tasks.profiles import PROFILES
+
+        known = sorted({*w.uses(), *PROFILES, "none"})
+        if profile not in known:
+            say("err", f"unknown profile or use {profile!r}; known: {', '.join(known)}")
+            raise typer.Exit(2)
     chosen = w.names_for(profile)
     if profile and not chosen:
         say("err", f"no weights are needed by {profile!r}")
@@ -33,7 +40,10 @@ def _names(names: Optional[list[str]], profile: Optional[str]) -> list[str]:
 
 @weights_app.command("list")
 def list_weights() -> None:
-    """Every weights file the project knows, with its source, licence and whether it is here."""
+    """Every weights file the project knows, with its source, licence, sha256 and whether it is here.
+
+    sha256: the pinned hash where the file's publisher gives one; otherwise "not pinned" and why (a file behind a
+    registration, a publisher that gives no checksum). `unish weights check` prints the hash of what is here."""
     table = Table(title=f"weights folder: {w.weights_dir()}  (set {w.WEIGHTS_ENV} to move it)")
     for col in ("name", "file", "needed by", "licence", "source", "sha256", "here"):
         table.add_column(col, overflow="fold")  # fold, never cut: file names and URLs stay copyable
@@ -41,14 +51,15 @@ def list_weights() -> None:
         source = s.url if s.downloadable else f"register: {s.registration}"
         here = (w.weights_dir() / s.filename).is_file()
         table.add_row(s.name, s.filename, ", ".join(s.needed_by) or "optional", s.license, source or "-",
-                      (s.sha256[:12] + "…") if s.sha256 else "not pinned", "yes" if here else "no")
+                      (s.sha256[:12] + "…") if s.sha256 else (s.pin_note or "not pinned"), "yes" if here else "no")
     Console().print(table)  # made here, so it sizes itself to the terminal of this call
 
 
 @weights_app.command("check")
 def check(
     names: Optional[list[str]] = typer.Argument(None, help="weights to check (default: all, or --profile's)"),
-    profile: Optional[str] = typer.Option(None, help="only what this profile or use needs (paper, train, ...)"),
+    profile: Optional[str] = typer.Option(None, help="only what this profile or use needs: paper, lite, train, "
+                                          "infer or eval"),
     hash_files: bool = typer.Option(True, "--hash/--no-hash", help="hash present files against pinned sha256"),
 ) -> None:
     """Say which weights are present and intact; exit 1 if any checked file is missing or corrupt."""
@@ -61,7 +72,7 @@ def check(
             bad += 1
             say("out", f"corrupt  {s.name}: {st.path} sha256 {st.sha256} != pinned {s.sha256}")
         else:
-            pin = "sha256 ok" if st.sha_ok else (f"sha256 {st.sha256} (not pinned)" if st.sha256 else "not hashed")
+            pin = "sha256 ok (pinned)" if st.sha_ok else (f"sha256 {st.sha256} (not pinned)" if st.sha256 else "not hashed")
             say("out", f"ok       {s.name}: {st.path} ({pin})")
     raise typer.Exit(1 if bad else 0)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import shutil
 import socket
@@ -25,6 +26,17 @@ from typing import Iterator
 from shards.atomic import temp_path
 
 LOCK_FILE = ".unish.lock"
+LOG_DIR = "logs"  # a command's log files (`<command>-<UTC time>.log`): full tracebacks of the errors it handled
+HANDLED_LOGGER = "unish.handled"  # errors caught and recorded as rows, with their tracebacks: to the log file only
+
+
+def handled_logger() -> logging.Logger:
+    """The logger of errors a run handled (recorded as a row): it never reaches the terminal, only the run's log
+    file (flows.runlog attaches one while a run lasts)."""
+    log = logging.getLogger(HANDLED_LOGGER)
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    return log
 
 
 class RunLocked(RuntimeError):
@@ -135,5 +147,5 @@ def check_writable(run_dir: Path, need_bytes: int = 0) -> None:
                              f"or lower the shard size bound)")
 
 
-__all__ = ["LOCK_FILE", "HeldLock", "LockHolder", "NotEnoughSpace", "OutputNotWritable", "RunLocked",
+__all__ = ["HANDLED_LOGGER", "LOCK_FILE", "LOG_DIR", "handled_logger", "HeldLock", "LockHolder", "NotEnoughSpace", "OutputNotWritable", "RunLocked",
            "check_unlocked", "check_writable", "run_lock"]

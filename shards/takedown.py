@@ -35,6 +35,7 @@ from shards.atomic import TMP_SUFFIX, atomic_path, fsync_file, temp_path
 from shards.blocklist import withdrawn_video_row
 from shards.index import INDEX_FILE, VIDEOS_FILE
 from shards.release import read_release, write_release
+from shards.runfolder import LOG_DIR
 from shards.scan import Needle, middle_slice
 from shards.sidecar import LABELS_DIR, ROWS_SUFFIX, write_labels_table
 from shards.writer import FIXED_MTIME
@@ -198,7 +199,7 @@ class RunPlan:
     video_rows: list[int] = field(default_factory=list)  # manifest row numbers that become withdrawn rows
     shards: list[FileAction] = field(default_factory=list)
     sidecars: list[FileAction] = field(default_factory=list)
-    work: list[str] = field(default_factory=list)  # _work entries (folders) to delete
+    work: list[str] = field(default_factory=list)  # _work entries (folders), and log files naming the videos, to delete
 
     def empty(self) -> bool:
         return not (self.index_rows or self.video_rows or self.shards or self.sidecars or self.work)
@@ -317,9 +318,21 @@ def plan_run(run: Path, match: Match) -> tuple[RunPlan, list[Needle]]:
                 for f in sorted(d.glob("*.mp4")) if sub == "downloads" else []:
                     needles += download_needles(f)
     plan.keys = sorted(keys)
+    plan.work += log_files_naming(run, [*match.source_ids, *match.sources, *keys])
     plan.shards.sort(key=lambda a: a.path)
     plan.sidecars.sort(key=lambda a: a.path)
     return plan, needles
+
+
+def log_files_naming(run: Path, tokens: Iterable[str]) -> list[str]:
+    """The run's log files (`logs/*.log`) that mention any token: diagnostics, deleted whole rather than edited."""
+    needles = [t.encode() for t in tokens if t]
+    out = []
+    for path in sorted((run / LOG_DIR).glob("*.log")) if (run / LOG_DIR).is_dir() else []:
+        data = path.read_bytes()
+        if any(n in data for n in needles):
+            out.append(str(path.relative_to(run)))
+    return out
 
 
 # ------------------------------------------------------------------------------------------ doing it

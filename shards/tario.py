@@ -2,14 +2,14 @@
 
 WebDataset's own tar iterators do the reading; the grouping keeps member names as written (no lower-casing),
 so a sample read back has exactly the members, and therefore the digest, that the writer recorded.
+`webdataset` is imported when a shard is first read (its import pulls in torch, a second of start-up that
+`unish --help` and the commands that read no shard should not pay).
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
-
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 _BOOKKEEPING = ("__url__", "__local_path__")
 
@@ -33,6 +33,8 @@ def open_url(url: str | Path, mode: str = "rb") -> Iterator[IO[bytes]]:
 
 def iter_tar_samples(stream: IO[bytes], url: str = "") -> Iterator[dict[str, Any]]:
     """Samples of a tar stream: `{"__key__": key, "<member>": bytes, ...}`, in tar order."""
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
     files = ({**f, "__url__": url} for f in tar_file_iterator(stream))
     for sample in group_by_keys(files, lcase=False):
         yield {k: v for k, v in sample.items() if k not in _BOOKKEEPING}

@@ -30,7 +30,7 @@ import numpy as np
 from shards import depth_codec
 from tasks.stage import (ClipRejected, ClipWindow, LabelStage, package_version, pick_device, register_stage,
                          split_params)
-from tasks.weights import registry_or_file, sha256_file
+from tasks.weights import Need, need_file, registry_or_file, sha256_file
 
 # A stage's version is part of cache keys and label versions: bump it when the stage's output changes.
 MOGE_STAGE_VERSION = "2"  # 2: the depth stats say whether MoGe gave its validity mask (`moge_mask`)
@@ -113,6 +113,12 @@ class MogeDepthStage:
         self.model: Any = None
         self.weights_sha256: str | None = None
         self.effective: dict[str, Any] = {}
+
+    def weights_needed(self) -> list[Need]:
+        """The checkpoint setup() will load (none with random weights)."""
+        if self.config.allow_random_weights:
+            return []
+        return [need_file(self.config.weights, "depth:moge", "MoGe", "moge-2-vitl", local="a local model.pt")]
 
     def setup(self) -> None:
         if self.model is not None:

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from tasks.stage import BackendUnavailable, ClipWindow, LabelStage, package_version, register_stage, split_params
-from tasks.weights import REGISTRY, WeightsMissing, require, sha256_file, weights_path
+from tasks.weights import REGISTRY, Need, WeightsMissing, check_needs, need, require, sha256_file
 from unish_model.boxes import usable_boxes
 
 STAGE_VERSION = "1"
@@ -166,22 +166,18 @@ def _resolve_file(name_or_path: str, what: str) -> tuple[Path, str]:
 
 
 def _resolve_body_model(name_or_path: str) -> tuple[Path, str]:
-    """SMPL as `unish_model.body` reads it: an .npz. The registry's SMPL file is the official pickle, which we
-    never unpickle here: its converted `.npz` (same name, .npz) must sit next to it."""
+    """SMPL as `unish_model.body` reads it: an .npz (the registry's `smpl_neutral`, SMPL_NEUTRAL.npz, converted once
+    from the official pickle; see tasks.weights), or a path to one. Nothing is unpickled here."""
     if name_or_path in REGISTRY:
-        registered = weights_path(name_or_path)
-        npz = registered.with_suffix(".npz")
-        if npz.is_file():
-            return npz, name_or_path
-        if registered.suffix == ".npz":
-            return require(name_or_path), name_or_path
-        raise WeightsMissing(
-            f"body model {name_or_path!r}: {npz} not found. Convert the official SMPL file "
-            f"({registered.name}, {REGISTRY[name_or_path].registration or 'registration required'}) once to "
-            f"{npz.name} (python -m unish_model.body {registered.name} {npz.name}), or pass "
-            "body_model=<path to an .npz>"
-        )
+        return require(name_or_path), name_or_path
     return _resolve_file(name_or_path, "body model")
+
+
+def _file_need(name_or_path: str, needed_by: str, what: str) -> Need:
+    if name_or_path in REGISTRY:
+        return need(name_or_path, needed_by)
+    return Need(needed_by, Path(name_or_path).expanduser(), None,
+                f"{what} {name_or_path!r} not found: give a weights registry name or an existing file")
 
 
 class CameraHMRBackend:
@@ -205,10 +201,16 @@ class CameraHMRBackend:
             return HumanBranchConfig.tiny(with_camera_head=True, with_keypoint_head=True)
         return HumanBranchConfig.camerahmr()
 
+    def weights_needed(self) -> list[Need]:
+        """The checkpoint and the SMPL body model setup() will load."""
+        return [_file_need(self.config.checkpoint, "keypoints:camerahmr", "CameraHMR checkpoint"),
+                _file_need(self.config.body_model, "keypoints:camerahmr", "body model")]
+
     def setup(self) -> None:
         if self.model is not None:
             return
-        ckpt, ckpt_name = _resolve_file(self.config.checkpoint, "CameraHMR checkpoint")  # fail before torch work
+        check_needs(self.weights_needed())  # both files, every missing one named at once, before torch work
+        ckpt, ckpt_name = _resolve_file(self.config.checkpoint, "CameraHMR checkpoint")
         body_path, body_name = _resolve_body_model(self.config.body_model)
         import torch
 

@@ -33,7 +33,7 @@ import numpy as np
 from shards.mask_codec import pack_masks, unpack_masks
 from tasks.stage import (BackendUnavailable, ClipRejected, ClipWindow, LabelStage, build_stage, package_version,
                          pick_device, register_stage, split_params)
-from tasks.weights import REGISTRY, registry_or_file, sha256_file
+from tasks.weights import REGISTRY, Need, need_file, registry_or_file, sha256_file
 from unish_model.boxes import NoUsableBox, box_mask, box_masks, box_pixels, fill_boxes, grow_box, usable_boxes
 
 STAGE_VERSION = "1"
@@ -159,6 +159,13 @@ class Sam2Segmenter:
         self.weights_sha256: str | None = None
         self.effective: dict[str, Any] = {}
         self._last: dict[str, Any] = {}
+
+    def weights_needed(self) -> list[Need]:
+        """The checkpoint setup() will load (none with random weights)."""
+        if self.config.allow_random_weights:
+            return []
+        return [need_file(self.config.weights, "masks:sam2", "SAM2", "sam2.1_hiera_large",
+                          choices=[n for n in REGISTRY if n.startswith("sam2")])]
 
     def setup(self) -> None:
         if self.predictor is not None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from shards.atomic import remove_temp_files
 from shards.index import rows_to_table
+from shards.runfolder import handled_logger
 from shards.schema import INDEX_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_REJECTED, clip_key
 from shards.verify import Problem, check_shard, expected_clips
 from shards.writer import ShardLimits, ShardWriter, shard_glob, shard_temp_glob
@@ -26,6 +27,8 @@ from tasks.probe import VideoInfo, probe_video
 from tasks.shots import ShotParams, WindowParams
 from tasks.stage import ClipRejected, LabelStage
 from tasks import staging
+
+_handled = handled_logger()  # a clip's error, with its traceback, for the run's log file
 
 SPINE_VERSION = "3"  # bump when segment/pack output changes: invalidates cached work (2: frame_gap, digests;
 #                     3: sources recorded as given, local files relative to the manifest)
@@ -195,6 +198,7 @@ def run_label_stage(stage: LabelStage, workdir: Path, windows: list[dict], fp: s
             counts["rejected"] += 1
             continue
         except Exception as e:  # one clip's failure is recorded on that clip; the video's other clips go on
+            _handled.error("%s: %s: %s: %s", w["key"], stage.name, type(e).__name__, e, exc_info=True)
             staging.set_clip_status(clip_dir, {"status": STATUS_ERROR, "reason": type(e).__name__,
                                               "message": f"{stage.name}: {e}", "stats": status.get("stats", {}),
                                               "stage": stage.name, "fingerprint": fp})

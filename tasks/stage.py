@@ -102,6 +102,28 @@ def package_version(dist: str, *alternatives: str, module: Any = None) -> str:
     return f"{names[-1]} (version unknown)"
 
 
+def weights_needed(stage: Any) -> list[Any]:
+    """The weights files a stage (or the backend inside it) will load in setup(), as `tasks.weights.Need`s; a stage
+    that says nothing needs none."""
+    fn = getattr(stage, "weights_needed", None)
+    if callable(fn):
+        return list(fn())
+    for inner in ("backend", "segmenter"):
+        if getattr(stage, inner, None) is not None:
+            return weights_needed(getattr(stage, inner))
+    return []
+
+
+def check_stage_weights(names: list[str], params: dict[str, dict[str, Any]] | None = None) -> None:
+    """Build the stages (no setup, nothing loaded) and raise `WeightsMissing` listing every missing file at once."""
+    from tasks.weights import check_needs
+
+    needs = []
+    for name in names:
+        needs += weights_needed(build_stage(name, **dict((params or {}).get(name) or {})))
+    check_needs(needs)
+
+
 StageFactory = Callable[..., LabelStage]
 _REGISTRY: dict[str, StageFactory] = {}
 

@@ -232,11 +232,12 @@ def test_bonn_bad_root_and_missing_weights(bonn_root: Path, tmp_path: Path, monk
     missing = tmp_path / "nope.safetensors"
     res = runner.invoke(eval_app, ["bonn", "--root", str(bonn_root), "--weights", str(missing), "--out",
                                    str(tmp_path / "o"), "--max-sequences", "1"])
-    assert res.exit_code == 2 and "nope.safetensors" in res.output and "unish weights pull" in res.output
+    # missing weights: the run cannot start (exit 1, flows/exitcodes.py), every missing file named at once
+    assert res.exit_code == 1 and "nope.safetensors" in res.output and "unish weights pull" in res.output
     monkeypatch.setenv("UNISH_WEIGHTS", str(tmp_path / "empty"))
     res = runner.invoke(eval_app, ["bonn", "--root", str(bonn_root), "--out", str(tmp_path / "o"),
                                    "--sequence", "crowd2"])
-    assert res.exit_code == 2 and "unish_release.safetensors" in res.output
+    assert res.exit_code == 1 and "unish_release.safetensors" in res.output
     assert not (tmp_path / "o" / "results.json").exists()
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from tasks.people.stage import PeopleStage
 from tasks.people_filters import FrameDetections, PeopleFilterParams
 from tasks.stage import LabelStage, package_version, register_stage, split_params
-from tasks.weights import REGISTRY, registry_or_file, sha256_file
+from tasks.weights import REGISTRY, Need, need_file, registry_or_file, sha256_file
 
 __all__ = ["YoloConfig", "YoloBackend", "yolo_people_stage"]
 
@@ -73,6 +73,13 @@ class YoloBackend:
         self.person_class: int = -1
         self.weights_sha256: str | None = None
         self._tracker_cfg: Any = None
+
+    def weights_needed(self) -> list[Need]:
+        """The checkpoint setup() will load (none for a model .yaml: random weights, tests only)."""
+        w = self.config.weights
+        if w.endswith((".yaml", ".yml")) and w not in REGISTRY:
+            return []
+        return [need_file(w, "people:yolo", "YOLO", "yolo11n", choices=[n for n in REGISTRY if "yolo" in n])]
 
     def setup(self) -> None:
         if self.model is not None:

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import sys
 import typing
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from unish_model.train.loop import TrainConfig, read_config_file, train
 
@@ -80,11 +80,16 @@ def config_from_args(argv: Sequence[str]) -> TrainConfig:
     settings.update(args)
     missing = [n for n in ("stage", "data", "out") if n not in settings]
     if missing:
-        raise SystemExit(f"unish train: {', '.join('--' + m for m in missing)} required (or in --config)")
+        _usage_error(f"{', '.join('--' + m for m in missing)} required (or in --config)")
     try:
         return TrainConfig.from_mapping(settings)
     except (TypeError, ValueError) as e:
-        raise SystemExit(f"unish train: {e}") from None
+        _usage_error(str(e))
+
+
+def _usage_error(text: str) -> NoReturn:
+    print(f"unish train: error: {text}", file=sys.stderr)
+    raise SystemExit(2)  # argparse's status for a bad command line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
