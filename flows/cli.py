@@ -233,6 +233,16 @@ def _mount_release_commands() -> None:
 _mount_release_commands()
 
 
+def _mount_bedlam_command() -> None:
+    """`unish bedlam` (BEDLAM -> clips with ground truth; its module imports nothing heavy until the command runs)."""
+    from flows.bedlam import bedlam
+
+    app.command("bedlam")(bedlam)
+
+
+_mount_bedlam_command()
+
+
 def main() -> None:
     app()
 
