@@ -42,6 +42,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
                 "and a dataset card; no frames or labels."),
     "takedown": ("flows.takedown:takedown", "Withdraw videos from runs and releases: remove every trace, blocklist "
                  "them, and check none remains."),
+    "bedlam": ("flows.bedlam:bedlam", "Convert BEDLAM (synthetic, with ground truth: stage 2's data) into clips with "
+               "labels, like `curate`."),
     "train": ("flows.train_cmd:train", "Train one UniSH stage from shards (torchrun-ready; `unish train --help` "
               "lists every setting)."),
     "export": ("flows.train_cmd:export", "Write a trained model in the official `unish_release` layout, for the "

@@ -93,7 +93,7 @@ def pack_task(row: ManifestRow, workdir: str, windows: list[dict], families: lis
                              fingerprint)
 
 
-def _finished(workdir: Path, shard_dir: Path, fingerprint: str, full_check: bool) -> tuple[dict | None, list[str]]:
+def finished_video(workdir: Path, shard_dir: Path, fingerprint: str, full_check: bool) -> tuple[dict | None, list[str]]:
     """(the saved result of a video finished with these parameters, or None; problems found in its shards,
     which are then forgotten so that the chain repacks them)."""
     done = workdir / VIDEO_MARKER
@@ -148,7 +148,7 @@ def video_task(row: ManifestRow, out: str, config: CurateConfig, stage_names: li
     stages = [get_stage(n, config.stage_params.get(n))[0] for n in stage_names]
     stage_fps = pipeline.stage_chain_fingerprints(stages)
     fingerprint = pipeline.chain_fingerprint(config.spine(), stage_fps)
-    saved, repaired = _finished(workdir, shard_dir, fingerprint, config.verify_shards)
+    saved, repaired = finished_video(workdir, shard_dir, fingerprint, config.verify_shards)
     if saved is not None:  # finished in an earlier run with the same parameters, shards intact
         return {"video": saved["video"], "clips": saved["clips"], "skipped": True}
     info: VideoInfo | None = None

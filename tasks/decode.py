@@ -46,10 +46,16 @@ class FrameGeometry:
 
 def frame_geometry(info: VideoInfo, long_side: int = MODEL_LONG_SIDE, short_side: int = MODEL_SHORT_SIDE) -> FrameGeometry:
     w, h = info.display_size
+    return geometry_for_size(w, h, info.rotation, long_side, short_side)
+
+
+def geometry_for_size(w: int, h: int, rotation: int = 0, long_side: int = MODEL_LONG_SIDE,
+                      short_side: int = MODEL_SHORT_SIDE) -> FrameGeometry:
+    """The geometry of an upright source frame of w x h pixels (`rotation`: what turned it upright, recorded)."""
     out_w, out_h = (long_side, short_side) if w >= h else (short_side, long_side)
     scale = max(out_w / w, out_h / h)
     sw, sh = max(out_w, round(w * scale)), max(out_h, round(h * scale))
-    return FrameGeometry(w, h, info.rotation, out_w, out_h, scale, (sw - out_w) // 2, (sh - out_h) // 2)
+    return FrameGeometry(w, h, rotation, out_w, out_h, scale, (sw - out_w) // 2, (sh - out_h) // 2)
 
 
 def to_model_frame(frame: av.VideoFrame, geom: FrameGeometry) -> np.ndarray:

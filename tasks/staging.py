@@ -27,14 +27,18 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def stage_window(clip_dir: Path, frames: np.ndarray, meta: dict, status: dict, jpeg_quality: int) -> None:
-    """Write a clip folder under a temp name and rename it: it exists complete or not at all."""
+def stage_window(clip_dir: Path, frames: np.ndarray, meta: dict, status: dict, jpeg_quality: int,
+                 labels: dict[str, tuple[dict[str, Any], dict]] | None = None) -> None:
+    """Write a clip folder under a temp name and rename it: it exists complete or not at all.  `labels`
+    (family -> (entries, provenance)) are written inside it, each with its `.done` marker, before the rename."""
     with atomic_path(clip_dir) as tmp:
         tmp.mkdir(parents=True)
         for i, frame in enumerate(frames):
             (tmp / f"frames.{i:03d}.jpg").write_bytes(encode_jpeg(frame, jpeg_quality))
         (tmp / META_FILE).write_bytes(encode_json(meta))
         write_json_atomic(tmp / STATUS_FILE, status, fsync=False)
+        for family, (entries, provenance) in (labels or {}).items():
+            write_labels(tmp, family, entries, provenance)
 
 
 def clip_status(clip_dir: Path) -> dict:

@@ -1,9 +1,14 @@
-"""A restricted unpickler for data files that only exist as pickles (EMDB annotations).
+"""Restricted unpicklers for data files that only exist as pickles.
 
-It builds numpy arrays, numpy scalars and dtypes, and builtin containers (dict, list, tuple,
-set, str, bytes, numbers); every other global a pickle names is refused before anything is
-called, so a pickle that would run code (os.system, eval, subprocess, ...) fails with
-`UnsafePickleError` and has no effect.
+`RestrictedUnpickler` (EMDB annotations) builds numpy arrays, numpy scalars and dtypes, and builtin
+containers (dict, list, tuple, set, str, bytes, numbers); every other global a pickle names is
+refused before anything is called, so a pickle that would run code (os.system, eval, subprocess,
+...) fails with `UnsafePickleError` and has no effect.
+
+`load_string_array` (the object arrays of BEDLAM's label npz files: numpy stores an object array as
+the pickled array) is stricter: the only globals it resolves are numpy's array reconstructor,
+`ndarray` and `dtype`, and the array it builds must be an object array of `str`; anything else
+(a dict, a number, a nested array) is refused with `UnsafePickleError`.
 """
 
 from __future__ import annotations
@@ -85,3 +90,40 @@ def safe_load_path(path: str | Path) -> Any:
             return safe_load(f)
     except UnsafePickleError as err:
         raise UnsafePickleError(f"{path}: {err}") from None
+
+
+_STRING_ARRAY_GLOBALS: dict[tuple[str, str], Any] = {
+    key: value for key, value in _ALLOWED.items()
+    if key in {("numpy", "ndarray"), ("numpy", "dtype")} or key[1] == "_reconstruct"
+}
+
+
+class StringArrayUnpickler(pickle.Unpickler):
+    """Resolves numpy's array reconstructor, ndarray and dtype, nothing else (see `load_string_array`)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _STRING_ARRAY_GLOBALS[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(f"refusing to load {module}.{name}: only an object array of strings is "
+                                    "allowed here") from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePickleError("refusing a pickle with persistent ids")
+
+
+def load_string_array(stream: BinaryIO, what: str = "object array") -> np.ndarray:
+    """An object array of str from its pickle (what `np.save` writes after the .npy header of an object array),
+    returned as a numpy unicode array; `UnsafePickleError` naming `what` for any other content."""
+    try:
+        obj = StringArrayUnpickler(stream, encoding="latin1").load()
+    except UnsafePickleError as err:
+        raise UnsafePickleError(f"{what}: {err}") from None
+    except Exception as err:  # a truncated or malformed pickle
+        raise UnsafePickleError(f"{what}: not a readable pickled array ({type(err).__name__}: {err})") from None
+    if not isinstance(obj, np.ndarray) or obj.dtype != object:
+        raise UnsafePickleError(f"{what}: expected an object array of strings, got {type(obj).__name__}")
+    bad = next((type(x).__name__ for x in obj.flat if not isinstance(x, str)), None)
+    if bad is not None:
+        raise UnsafePickleError(f"{what}: the object array holds a {bad}; only strings are allowed")
+    return obj.astype(str) if obj.size else np.zeros(obj.shape, dtype="<U1")
