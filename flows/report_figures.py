@@ -123,6 +123,9 @@ def counts_chart(name: str, xlabel: str, edges: Sequence[float], counts: Sequenc
     ax = fig.add_subplot()
     e = np.asarray(edges, float)
     ax.bar(e[:-1], counts, width=np.diff(e), align="edge", color="#4c72b0")
+    if not np.any(counts):
+        ax.set_ylim(0, 1)
+        ax.text(0.5, 0.5, "no clip has this statistic", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.spines[["top", "right"]].set_visible(False)

@@ -302,11 +302,16 @@ def _depth_tiles(labels: dict[str, Any], key: str, picks: list[int], sheet: Shee
 
 
 def _sheet(key: str, outcome: str, message: str, frames: np.ndarray, times: list[float], labels: dict[str, Any],
-           overlay_for: Any) -> Sheet:
+           overlay_for: Any, candidates: list[int] | None = None) -> Sheet:
+    """A clip's sheet: FRAMES_PER_SHEET frames spread over the clip, or over `candidates` (e.g. the frames where
+    a rule's evidence is) when there are any."""
     from flows.report_sheets import Overlay, data_uri, draw_frame, frame_picks
     from tasks.keypoints import SMPL_PARENTS
 
-    picks = frame_picks(len(frames), FRAMES_PER_SHEET)
+    if candidates:
+        picks = [candidates[i] for i in frame_picks(len(candidates), FRAMES_PER_SHEET)]
+    else:
+        picks = frame_picks(len(frames), FRAMES_PER_SHEET)
     sheet = Sheet(key, outcome, message)
     mask = _masks(labels)
     depth = _depth_tiles(labels, key, picks, sheet)
@@ -378,7 +383,10 @@ def _rejected_sheet(run: Path, row: dict[str, Any], thresholds: dict[str, float]
             if "boxes" in evidence:
                 o.box = np.asarray(evidence["boxes"])[i]
 
-    sheet = _sheet(row["key"], rule, message, frames, meta.get("frame_times_s", []), labels, overlay)
+    with_evidence = sorted({int(i) for i in np.asarray(evidence.get("frame", []))} & set(range(len(frames))))
+    if "lost_frames" in evidence:
+        with_evidence = sorted(int(i) for i in np.asarray(evidence["lost_frames"]) if 0 <= i < len(frames))
+    sheet = _sheet(row["key"], rule, message, frames, meta.get("frame_times_s", []), labels, overlay, with_evidence)
     sheet.notes = notes + sheet.notes
     return sheet
 

@@ -3,11 +3,13 @@ map beside each frame; JPEG thumbnails, embedded in the page as data URIs.
 
 Drawn on a frame (OpenCV, in the clip's model pixels, before the thumbnail is made):
 - the people stage's tracked box (green), every other detection the filters counted as a person (red: what makes
-  `multi_person` and `occluded` fire), detections below the person score (thin grey);
+  `multi_person` and `occluded` fire, and the other tracks of an `inconsistent` clip), detections below the
+  person score (grey);
 - `truncated`: the image border the box touches (a thick red edge); `small`: the box in yellow, with a bar of the
   minimum height (40% of the image, the paper's rule) beside it to compare;
 - the mask's outline (cyan), the 2D keypoints coloured by confidence (red 0 -> green 1) and SMPL's skeleton.
 Depth is coloured with matplotlib's `turbo` over the clip's 2nd..98th percentile (near = blue), invalid pixels black.
+A rejected clip's sheet shows the frames where its rule's evidence is (detections, lost masks) when there are any.
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ def draw_frame(frame: np.ndarray, o: Overlay) -> np.ndarray:
         cv2.drawContours(img, contours, -1, CYAN, 2)
     for b in o.weak:
         if (r := _xyxy(b)) is not None:
-            cv2.rectangle(img, r[:2], r[2:], GREY, 1)
+            cv2.rectangle(img, r[:2], r[2:], GREY, 2)
     for b in o.others:
         if (r := _xyxy(b)) is not None:
             cv2.rectangle(img, r[:2], r[2:], RED, 3)
