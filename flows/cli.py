@@ -314,6 +314,52 @@ def report(
                   f"charts {written.chart_bytes / 1e6:.2f} MB)", markup=False, highlight=False, soft_wrap=True)
 
 
+@app.command()
+def view(
+    run: Path = typer.Argument(..., help="a curated output folder"),
+    key: Optional[str] = typer.Option(None, "--key", help="the clip to show (default: the first kept clip)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="the .rrd to write (default: in the temp folder)"),
+    open_viewer: bool = typer.Option(True, "--open/--no-open", help="start the Rerun viewer on the recording"),
+) -> None:
+    """Show one curated clip in Rerun: its frames with the person box, mask and keypoints, and its depth as a
+    point cloud through the clip's intrinsics, frame by frame, to check the pseudo-labels in 3D."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from shards.index import read_index
+    from shards.reader import iter_members
+    from shards.sample import decode_sample
+    from unish_model.viewer import write_clip_recording
+
+    try:
+        index, _ = read_index(run)
+    except FileNotFoundError as e:
+        _say_error(str(e))
+        raise typer.Exit(2) from None
+    rows = [r for r in index.to_pylist() if r["key"] and (key is None or r["key"] == key)]
+    if key is not None and not rows:
+        _say_error(f"{run}: no clip {key!r} in the index")
+        raise typer.Exit(1)
+    kept = [r for r in rows if r["status"] == "ok"]
+    if not kept:
+        what = f"clip {key} is {rows[0]['status']}:{rows[0]['reason']}" if key else "the run has no kept clip"
+        _say_error(f"{what}; only kept clips are in the shards (`unish report` shows rejected ones)")
+        raise typer.Exit(1)
+    row = kept[0]
+    clip = next((decode_sample(m) for m in iter_members([str(Path(run) / "shards" / row["shard"])])
+                 if m["__key__"] == row["key"]), None)
+    if clip is None:
+        _say_error(f"clip {row['key']} is not in its shard {row['shard']}: run `unish verify {run}`")
+        raise typer.Exit(1)
+    path = out or Path(tempfile.gettempdir()) / "unish-view" / f"{row['key']}.rrd"
+    write_clip_recording(clip, path)
+    console.print(f"wrote {path} (clip {row['key']}: {len(clip.frames)} frames, labels "
+                  f"{', '.join(sorted(clip.labels)) or 'none'})", markup=False, highlight=False, soft_wrap=True)
+    if open_viewer:
+        subprocess.Popen([sys.executable, "-m", "rerun", str(path)])  # noqa: S603 - fixed argv, no shell
+
+
 def _mount_subcommands() -> None:
     from flows.eval_cmd import eval_app
     from flows.infer_cmd import infer

@@ -258,3 +258,55 @@ def test_the_browser_check_sees_broken_images_and_errors(chromium, tmp_path):
     result = open_page(chromium, bad, "Array.from(document.images).map(i => i.naturalWidth)")
     assert result.value == [0]
     assert any("boom" in e for e in result.console_errors) and any("kaput" in e for e in result.console_errors)
+
+
+def test_view_writes_a_clip_recording_with_depth_in_3d(run, tmp_path):
+    """`unish view`: the clip's frames, mask, box and keypoints in 2D, its depth as points through its intrinsics."""
+    from rerun.chunk import RrdReader
+
+    from flows.cli import app
+    from shards.reader import iter_clips, shard_urls
+    from train_data import synthetic_depth
+    from unish_model.viewer import CLIP_ENTITIES, CLIP_VIEWS
+
+    index, _ = read_index(run)
+    key = sorted(r["key"] for r in index.to_pylist() if r["status"] == "ok")[1]
+    out = tmp_path / "clip.rrd"
+    r = CliRunner().invoke(app, ["view", str(run), "--key", key, "--out", str(out), "--no-open"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    reader = RrdReader(out)
+    (store,) = reader.blueprints()
+    views = {}
+    for chunk in reader.stream(store=store).to_chunks():
+        batch = chunk.to_record_batch()
+        if "ViewBlueprint:class_identifier" in batch.schema.names:
+            views[batch.column("ViewBlueprint:display_name").to_pylist()[0][0]] = (
+                batch.column("ViewBlueprint:class_identifier").to_pylist()[0][0],
+                batch.column("ViewBlueprint:space_origin").to_pylist()[0][0])
+    assert views == CLIP_VIEWS
+    rows: dict[str, int] = {}
+    points = []
+    for chunk in reader.stream().to_chunks():
+        if chunk.entity_path.startswith("/__"):
+            continue
+        rows[chunk.entity_path] = rows.get(chunk.entity_path, 0) + chunk.num_rows
+        batch = chunk.to_record_batch()
+        if chunk.entity_path == "/clip/points" and "Points3D:positions" in batch.schema.names:
+            points += [np.asarray(p, np.float32) for p in batch.column("Points3D:positions").to_pylist()]
+    assert set(rows) == set(CLIP_ENTITIES)
+    assert rows["/clip/points"] == rows["/clip/depth"] == rows["/clip/camera/box"] == 3  # one per frame
+    clip = next(c for c in iter_clips(shard_urls(run / "shards")) if c.key == key)
+    k = np.asarray(clip.labels["depth"]["intrinsics"][0], np.float64)
+    depth = synthetic_depth(3, 294, 518)
+    for cloud in points:  # each point lies on its pixel's ray, at that pixel's depth (the codec's 1e-3 bound)
+        assert len(cloud) > 1000
+        u = cloud[:, 0] / cloud[:, 2] * k[0, 0] + k[0, 2] - 0.5
+        v = cloud[:, 1] / cloud[:, 2] * k[1, 1] + k[1, 2] - 0.5
+        np.testing.assert_allclose(u, np.round(u), atol=1e-2)
+        np.testing.assert_allclose(v, np.round(v), atol=1e-2)
+        truth = depth[:, np.round(v).astype(int), np.round(u).astype(int)]
+        assert (np.abs(truth - cloud[:, 2]) / truth <= 1.01e-3).any(axis=0).all()
+
+    rejected = next(r["key"] for r in index.to_pylist() if r["status"] == "rejected")
+    refused = CliRunner().invoke(app, ["view", str(run), "--key", rejected, "--no-open", "--out", str(out)])
+    assert refused.exit_code == 1 and "rejected" in refused.output
