@@ -310,3 +310,37 @@ def test_view_writes_a_clip_recording_with_depth_in_3d(run, tmp_path):
     rejected = next(r["key"] for r in index.to_pylist() if r["status"] == "rejected")
     refused = CliRunner().invoke(app, ["view", str(run), "--key", rejected, "--no-open", "--out", str(out)])
     assert refused.exit_code == 1 and "rejected" in refused.output
+
+
+def test_mask_lost_sheet_shows_the_lost_mask_and_reopening_forgets_evidence(tmp_path, monkeypatch):
+    """A `mask_lost` clip is drawn with the mask its rule judged (its evidence), on the frames it was lost in; when
+    the clip is reopened (the stage changed), its evidence goes with the old verdict."""
+    from flows import report_html, report_sheets
+    from shards.mask_codec import pack_masks
+    from tasks import pipeline, staging
+
+    key = "src-000000000-000001000"
+    clip_dir = tmp_path / "run" / "_work" / "videos" / "src" / "full" / "clips" / key
+    frames = np.full((4, 60, 80, 3), 90, np.uint8)
+    staging.stage_window(clip_dir, frames, {"key": key, "frame_times_s": [0.0, 0.2, 0.4, 0.6]},
+                         {"status": "ok", "reason": "", "message": "", "stats": {}}, 90)
+    masks = np.zeros((4, 60, 80), bool)
+    masks[:, 10:50, 30:50] = True
+    masks[2] = False  # lost in frame 2
+    boxes = np.tile(np.array([28, 8, 52, 52], np.float32), (4, 1))
+    staging.write_evidence(clip_dir, {**pack_masks(masks), "boxes": boxes, "lost_frames": np.array([2], np.int32)})
+    staging.set_clip_status(clip_dir, {"status": "rejected", "reason": "mask_lost", "message": "lost in 1/4",
+                                       "stats": {}, "stage": "masks", "fingerprint": "old"})
+    drawn = []
+    real = report_sheets.draw_frame
+    monkeypatch.setattr(report_sheets, "draw_frame", lambda f, o: drawn.append(o) or real(f, o))
+    row = {"key": key, "source_id": "src", "reason": "mask_lost", "message": "lost in 1/4", "stats": "{}"}
+    sheet = report_html._rejected_sheet(tmp_path / "run", row, report_html._thresholds({}, []))
+    assert [f.index for f in sheet.frames] == [2] and not sheet.notes  # the frame the mask was lost in
+    (o,) = drawn
+    assert o.mask is not None and not o.mask.any()  # the (empty) mask the rule judged
+    np.testing.assert_allclose(o.box, boxes[2])
+
+    windows = [{"key": key, "status": "ok"}]
+    assert pipeline.reopen_stale_clips(clip_dir.parents[1], windows, {"masks": "new"}) == 1
+    assert staging.load_evidence(clip_dir) == {} and staging.clip_status(clip_dir)["status"] == "ok"
