@@ -255,44 +255,6 @@ def _print_clip(out_console: Console, clip: dict) -> None:
 
 
 @app.command()
-def verify(
-    out: Path = typer.Argument(..., help="a curated output folder"),
-    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
-) -> None:
-    """Check every indexed clip of a run: present, complete and intact (members and sha256 as indexed), and
-    no sample outside the index. Says what a rerun of `unish curate` would repair. Exit 0 when intact, 1 when not."""
-    from flows.repair import repair_plan
-    from shards.verify import verify_run
-
-    try:
-        report = verify_run(out)
-    except FileNotFoundError as e:
-        _say_error(str(e))
-        raise typer.Exit(2) from None
-    plan = repair_plan(out, report)
-    if as_json:
-        typer.echo(json.dumps({
-            "run": str(out), "ok": report.ok, "shards_checked": report.shards_checked,
-            "clips_checked": report.clips_checked, "clips_ok": report.clips_ok, "bytes_read": report.bytes_read,
-            "problems": [vars(p) for p in report.problems], "repair": [vars(r) for r in plan],
-        }, sort_keys=True))
-    else:
-        out_console = Console()
-        out_console.print(f"checked {report.clips_checked} clips in {report.shards_checked} shards "
-                          f"({report.bytes_read / 1e6:,.1f} MB): {report.clips_ok} intact", highlight=False)
-        if report.problems:
-            table = Table(title="problems", header_style="bold")
-            for col in ("kind", "shard", "clip", "detail"):
-                table.add_column(col, overflow="fold")
-            for p in report.problems:
-                table.add_row(p.kind, p.shard, p.key or "-", p.detail)
-            out_console.print(table)
-        for r in plan:
-            out_console.print(f"repair: {r.describe()}", highlight=False, soft_wrap=True)
-    raise typer.Exit(0 if report.ok else 1)
-
-
-@app.command()
 def report(
     run: Path = typer.Argument(..., help="a curated output folder"),
     out: Path = typer.Option(Path("report.html"), "--out", help="the HTML file to write"),
@@ -358,6 +320,44 @@ def view(
                   f"{', '.join(sorted(clip.labels)) or 'none'})", markup=False, highlight=False, soft_wrap=True)
     if open_viewer:
         subprocess.Popen([sys.executable, "-m", "rerun", str(path)])  # noqa: S603 - fixed argv, no shell
+
+
+@app.command()
+def verify(
+    out: Path = typer.Argument(..., help="a curated output folder"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """Check every indexed clip of a run: present, complete and intact (members and sha256 as indexed), and
+    no sample outside the index. Says what a rerun of `unish curate` would repair. Exit 0 when intact, 1 when not."""
+    from flows.repair import repair_plan
+    from shards.verify import verify_run
+
+    try:
+        report = verify_run(out)
+    except FileNotFoundError as e:
+        _say_error(str(e))
+        raise typer.Exit(2) from None
+    plan = repair_plan(out, report)
+    if as_json:
+        typer.echo(json.dumps({
+            "run": str(out), "ok": report.ok, "shards_checked": report.shards_checked,
+            "clips_checked": report.clips_checked, "clips_ok": report.clips_ok, "bytes_read": report.bytes_read,
+            "problems": [vars(p) for p in report.problems], "repair": [vars(r) for r in plan],
+        }, sort_keys=True))
+    else:
+        out_console = Console()
+        out_console.print(f"checked {report.clips_checked} clips in {report.shards_checked} shards "
+                          f"({report.bytes_read / 1e6:,.1f} MB): {report.clips_ok} intact", highlight=False)
+        if report.problems:
+            table = Table(title="problems", header_style="bold")
+            for col in ("kind", "shard", "clip", "detail"):
+                table.add_column(col, overflow="fold")
+            for p in report.problems:
+                table.add_row(p.kind, p.shard, p.key or "-", p.detail)
+            out_console.print(table)
+        for r in plan:
+            out_console.print(f"repair: {r.describe()}", highlight=False, soft_wrap=True)
+    raise typer.Exit(0 if report.ok else 1)
 
 
 def _mount_subcommands() -> None:
