@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import random
+import tarfile
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -213,7 +214,7 @@ def _kept_clip_facts(run: Path, ok_rows: list[dict[str, Any]], kp_hist: np.ndarr
                 depth_members = read_members(path, lambda k, m: k in wanted and m.startswith("depth."))
                 for key, got in depth_members.items():
                     facts[key].depth_min_m, facts[key].depth_max_m = _depth_range(decode_entries(got)["depth"], key)
-        except (OSError, ValueError, KeyError) as e:  # a damaged shard: say so, report the rest
+        except (OSError, ValueError, KeyError, tarfile.TarError) as e:  # a damaged shard: say so, report the rest
             notes.append(f"shard {shard}: could not read its labels ({type(e).__name__}: {e}); "
                          f"run `unish verify {run}`")
     missing = [r["key"] for r in ok_rows if r["key"] not in facts]
@@ -324,19 +325,23 @@ def _sheet(key: str, outcome: str, message: str, frames: np.ndarray, times: list
     return sheet
 
 
-def _ok_sheets(run: Path, rows: list[dict[str, Any]]) -> list[Sheet]:
-    from shards.reader import iter_members
+def _ok_sheets(run: Path, rows: list[dict[str, Any]], notes: list[str]) -> list[Sheet]:
+    """Sheets of kept clips, read through the checked reader (a damaged shard is noted, not drawn)."""
+    from shards.reader import ShardDamaged, iter_members
     from shards.sample import decode_sample
 
     wanted = {r["key"]: r for r in rows}
-    shards = sorted({r["shard"] for r in rows})
     found: dict[str, Sheet] = {}
-    for member in iter_members([str(run / "shards" / s) for s in shards]):
-        if member["__key__"] not in wanted:
-            continue
-        clip = decode_sample(member)
-        found[clip.key] = _sheet(clip.key, "ok", "", clip.frames, clip.meta.get("frame_times_s", []), clip.labels,
-                                 lambda o, i: None)
+    for shard in sorted({r["shard"] for r in rows}):
+        try:
+            for member in iter_members([str(run / "shards" / shard)]):
+                if member["__key__"] not in wanted:
+                    continue
+                clip = decode_sample(member)
+                found[clip.key] = _sheet(clip.key, "ok", "", clip.frames, clip.meta.get("frame_times_s", []),
+                                         clip.labels, lambda o, i: None)
+        except (ShardDamaged, OSError) as e:
+            notes.append(f"shard {shard}: {e}; its clips are not drawn (run `unish verify {run}`)")
     return [found[k] for k in wanted if k in found]
 
 
@@ -431,7 +436,7 @@ def gather(run: Path, sample: int = 3, seed: int = 0) -> ReportData:
 
     outcomes = ["ok"] + sorted(funnel.rejected) + [f"error: {e}" for e in sorted(funnel.errors)]
     rng = random.Random(seed)
-    ok_sheets = _ok_sheets(run, _pick(ok_rows, sample, rng)) if sample > 0 else []
+    ok_sheets = _ok_sheets(run, _pick(ok_rows, sample, rng), notes) if sample > 0 else []
     rejected_sheets: dict[str, list[Sheet]] = {}
     for rule in sorted(funnel.rejected):
         rows = [r for r in index_rows if r["status"] == STATUS_REJECTED and (r["reason"] or "unknown") == rule]
@@ -526,15 +531,16 @@ class ReportFile:
     chart_bytes: int  # the inline SVG charts
 
 
-def write_report(run: Path, out: Path | None = None, sample: int = 3, seed: int = 0) -> ReportFile:
-    """Gather, render and write the page (default: `RUN/report.html`); returns its size and what it is made of."""
+def write_report(run: Path, out: Path, sample: int = 3, seed: int = 0) -> ReportFile:
+    """Gather, render and write the page; returns its size and what it is made of.  (Not into the run folder by
+    default: the page holds frames, and a takedown cleans the run's own files, which it knows.)"""
     import re
 
     from shards.atomic import write_bytes_atomic
 
     data = gather(run, sample, seed)
     html = render(data)
-    path = Path(out) if out is not None else Path(run) / "report.html"
+    path = Path(out)
     raw = html.encode("utf-8")
     write_bytes_atomic(path, raw)
     images = sum(len(m) for m in re.findall(r"data:image/jpeg;base64,[A-Za-z0-9+/=]+", html))

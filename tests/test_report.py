@@ -344,3 +344,24 @@ def test_mask_lost_sheet_shows_the_lost_mask_and_reopening_forgets_evidence(tmp_
     windows = [{"key": key, "status": "ok"}]
     assert pipeline.reopen_stale_clips(clip_dir.parents[1], windows, {"masks": "new"}) == 1
     assert staging.load_evidence(clip_dir) == {} and staging.clip_status(clip_dir)["status"] == "ok"
+
+
+def test_report_of_a_damaged_run_says_so(run, tmp_path):
+    """A shard altered after curation: the page still renders, its kept clips are not drawn, and it says why."""
+    import shutil
+
+    from flows import report_html
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns(".unish.lock"))
+    (shard,) = (copy / "shards").glob("*.tar")
+    data = bytearray(shard.read_bytes())
+    at = data.index(b"frames.001.jpg") + 2048  # inside the first clip's second frame
+    data[at] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    data_ = report_html.gather(copy, sample=4)
+    assert data_.ok_sheets == []
+    assert any(shard.name in n and "verify" in n for n in data_.notes), data_.notes
+    assert len(data_.rejected_sheets) == len(RULES)  # the rest of the page is there
+    html = report_html.render(data_)
+    assert shard.name in html
