@@ -10,7 +10,8 @@ install: $(STAMP)
 
 # Reinstalls only when the dependency files change; a second `make install` is a no-op.
 $(STAMP): pyproject.toml constraints.txt
-	@command -v ffmpeg >/dev/null || (apt-get update -qq && apt-get install -y -qq ffmpeg)
+	@command -v ffmpeg >/dev/null && command -v chromium >/dev/null || \
+	    (apt-get update -qq && apt-get install -y -qq ffmpeg chromium)  # chromium: the report's page tests
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1

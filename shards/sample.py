@@ -55,6 +55,12 @@ def decode_npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
+def label_family(name: str) -> str | None:
+    """The label family of a `<family>.<entry>.npy|json` member name; None for any other member."""
+    m = _LABEL_MEMBER.match(name)
+    return m.group(1) if m else None
+
+
 def decode_label_member(name: str, data: bytes) -> tuple[str, str, Any] | None:
     """`<family>.<entry>.npy|json` member -> (family, entry, decoded value); None for any other member."""
     m = _LABEL_MEMBER.match(name)

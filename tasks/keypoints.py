@@ -55,6 +55,8 @@ SMPL_JOINT_NAMES = (
     "spine3", "left_foot", "right_foot", "neck", "left_collar", "right_collar", "head", "left_shoulder",
     "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hand", "right_hand",
 )
+# Each joint's parent in SMPL's kinematic tree (-1: the root): the skeleton a drawing of joints2d connects.
+SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21)
 # SMPL joint index -> MediaPipe pose landmark index, where both name the same anatomical joint. "left" is the
 # person's left in both. Not mapped: MediaPipe's foot_index is the toe tip (SMPL's foot joint is the ball of the
 # foot), its pinky/index/thumb points are knuckles (SMPL's hand joint is the palm), and SMPL's pelvis, spine,
@@ -482,7 +484,7 @@ def mediapipe_keypoints_stage(**params: Any) -> LabelStage:
 
 __all__ = [
     "CameraHMRBackend", "CameraHMRConfig", "KeypointsError", "KeypointsStage", "MEDIAPIPE_TO_SMPL",
-    "MediaPipeBackend", "MediaPipeConfig", "SMPL_JOINT_NAMES", "camerahmr_keypoints_stage", "clip_focal",
-    "default_focal", "intrinsics_in_pixels", "mediapipe_keypoints_stage", "mediapipe_to_smpl", "person_boxes",
-    "square_crop",
+    "MediaPipeBackend", "MediaPipeConfig", "SMPL_JOINT_NAMES", "SMPL_PARENTS", "camerahmr_keypoints_stage",
+    "clip_focal", "default_focal", "intrinsics_in_pixels", "mediapipe_keypoints_stage", "mediapipe_to_smpl",
+    "person_boxes", "square_crop",
 ]

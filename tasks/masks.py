@@ -404,7 +404,8 @@ class MasksStage:
                 f"box fill {[stats['box_fill'][i] for i in lost[:5]]} (needs >= {r.min_box_fill}), "
                 f"share inside the box {[stats['in_box'][i] for i in lost[:5]]} (needs >= {r.min_in_box})"
             )
-            raise ClipRejected(MASK_LOST, detail, stats)
+            evidence = {**pack_masks(masks), "boxes": boxes, "lost_frames": np.asarray(lost, np.int32)}
+            raise ClipRejected(MASK_LOST, detail, stats, evidence)
         clip.labels[self.name] = {**pack_masks(masks), "stats": stats}
         return clip
 

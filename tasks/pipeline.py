@@ -167,6 +167,7 @@ def reopen_stale_clips(workdir: Path, windows: list[dict], stage_fps: dict[str, 
             continue
         if status["status"] == STATUS_ERROR or stage_fps.get(by) != status.get("fingerprint"):
             stats = {k: v for k, v in status.get("stats", {}).items() if k != by}
+            staging.remove_evidence(clip_dir)
             staging.set_clip_status(clip_dir, {"status": STATUS_OK, "reason": "", "message": "", "stats": stats})
             reopened += 1
     return reopened
@@ -193,6 +194,8 @@ def run_label_stage(stage: LabelStage, workdir: Path, windows: list[dict], fp: s
             clip = stage(clip)
         except ClipRejected as r:
             stats = {**status.get("stats", {}), stage.name: r.stats}
+            if r.evidence:  # before the status: a crash between the two leaves an ok clip with stray evidence
+                staging.write_evidence(clip_dir, r.evidence)
             staging.set_clip_status(clip_dir, {"status": STATUS_REJECTED, "reason": r.rule, "message": r.detail,
                                               "stats": stats, "stage": stage.name, "fingerprint": fp})
             counts["rejected"] += 1

@@ -18,13 +18,19 @@ import numpy as np
 
 
 class ClipRejected(Exception):
-    """A filter decided the clip is not usable; `rule` becomes the index reason (`rejected:<rule>`)."""
+    """A filter decided the clip is not usable; `rule` becomes the index reason (`rejected:<rule>`).
 
-    def __init__(self, rule: str, detail: str = "", stats: dict[str, Any] | None = None):
+    `stats` (scalars: what the rule looked at) go into the index; `evidence` (entry -> np.ndarray | dict: what a
+    person needs to see why the rule fired, e.g. every raw detection per frame) is kept beside the staged clip
+    in the run's work folder (`tasks.staging.write_evidence`), for `unish report` to draw."""
+
+    def __init__(self, rule: str, detail: str = "", stats: dict[str, Any] | None = None,
+                 evidence: dict[str, Any] | None = None):
         super().__init__(f"{rule}: {detail}" if detail else rule)
         self.rule = rule
         self.detail = detail
         self.stats = stats or {}
+        self.evidence = evidence or {}
 
 
 @dataclass

@@ -3,7 +3,8 @@
 <work>/<source_id>/<span>/
   probe.json, segment.json       what probe and segment found (their completion markers)
   clips/<key>/                   meta.json, status.json, frames.NNN.jpg, <family>.<entry>.npy|json,
-                                 <family>.done (a label family is complete only with its marker)
+                                 <family>.done (a label family is complete only with its marker),
+                                 rejected.<entry>.npy|json (a rejected clip: the evidence its rule saw)
   rows.json                      the video's final index rows: the video is finished when it exists
 """
 from __future__ import annotations
@@ -124,6 +125,31 @@ def sample_members(clip_dir: Path, families: list[str]) -> dict[str, bytes | str
         for p in sorted(clip_dir.glob(f"{family}.*.npy")) + sorted(clip_dir.glob(f"{family}.*.json")):
             members[p.name] = p.read_bytes()
     return members
+
+
+EVIDENCE = "rejected"  # member prefix of a rejected clip's evidence (never a label family, never packed)
+
+
+def write_evidence(clip_dir: Path, entries: dict[str, Any]) -> None:
+    """Keep what a rejecting rule saw (`ClipRejected.evidence`) beside the staged clip, replacing older evidence."""
+    remove_evidence(clip_dir)
+    for name, data in label_members({EVIDENCE: entries}).items():
+        write_bytes_atomic(clip_dir / name, data, fsync=False)
+
+
+def remove_evidence(clip_dir: Path) -> None:
+    for old in clip_dir.glob(f"{EVIDENCE}.*"):
+        old.unlink()
+
+
+def load_evidence(clip_dir: Path) -> dict[str, Any]:
+    """A rejected clip's evidence entries, decoded ({} when none was kept)."""
+    entries: dict[str, Any] = {}
+    for p in sorted(clip_dir.glob(f"{EVIDENCE}.*.*")):
+        label = decode_label_member(p.name, p.read_bytes()) if p.suffix in (".npy", ".json") else None
+        if label:
+            entries[label[1]] = label[2]
+    return entries
 
 
 def is_ok(clip_dir: Path) -> bool:

@@ -143,3 +143,25 @@ def test_rrd_is_readable(tmp_path: Path) -> None:
         assert rows[entity] >= 3 and {"frame", "time"} <= timelines[entity], entity
     assert rows["/world/smpl"] == 4  # faces once (static) + 3 frames of vertices
     assert rows["/world/fused"] == 1 and rows["/world/trajectory"] == 1
+
+
+def test_rrd_skips_a_camera_the_viewer_cannot_draw(tmp_path: Path) -> None:
+    """A negative focal (a random model's) logs the frame but no pinhole; a valid one logs both."""
+    from rerun.chunk import RrdReader
+
+    c2w, k = _cameras(2)
+    writer = RrdWriter(tmp_path / "rec.rrd")
+    writer.log_frame(0, 0.0, c2w[0], k * [[-1], [-1], [1]], image=np.zeros((48, 64, 3), np.uint8))
+    writer.log_frame(1, 0.2, c2w[1], k, image=np.zeros((48, 64, 3), np.uint8), mask=np.ones((48, 64), bool))
+    writer.close()
+    pinholes, images, masks = [], [], []
+    for chunk in RrdReader(tmp_path / "rec.rrd").stream().to_chunks():
+        names = chunk.to_record_batch().schema.names
+        frames = chunk.to_record_batch().column("frame").to_pylist() if "frame" in names else []
+        if any(n.startswith("Pinhole:") for n in names):
+            pinholes += frames
+        if any(n.startswith("EncodedImage:") for n in names):
+            images += frames
+        if any(n.startswith("SegmentationImage:") for n in names):
+            masks += frames
+    assert sorted(images) == [0, 1] and pinholes == [1] and masks == [1]

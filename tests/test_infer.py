@@ -199,3 +199,93 @@ def test_person_masked_by_the_masks_stage(tmp_path: Path) -> None:
     else:
         box_area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         assert (masks.sum(axis=(1, 2)) > 0).all() and (masks.sum(axis=(1, 2)) < 0.8 * box_area).all()
+
+
+def _readme_entities(section: str) -> set[str]:
+    """Entity paths listed in the README's table of a recording (rows "| `/path` | ... |" after `section`)."""
+    text = (REPO / "README.md").read_text()
+    start = text.index(section)
+    rows = []
+    for line in text[start:].splitlines()[1:]:
+        if line.startswith("|"):
+            rows.append(line)
+        elif rows:
+            break
+    return {cell.strip().strip("`") for cell in (r.split("|")[1] for r in rows) if cell.strip().startswith("`/")}
+
+
+def _blueprint_views(path: Path) -> dict[str, tuple[str, str]]:
+    from rerun.chunk import RrdReader
+
+    reader = RrdReader(path)
+    (store,) = reader.blueprints()
+    views = {}
+    for chunk in reader.stream(store=store).to_chunks():
+        batch = chunk.to_record_batch()
+        names = batch.schema.names
+        if "ViewBlueprint:class_identifier" in names:
+            views[batch.column("ViewBlueprint:display_name").to_pylist()[0][0]] = (
+                batch.column("ViewBlueprint:class_identifier").to_pylist()[0][0],
+                batch.column("ViewBlueprint:space_origin").to_pylist()[0][0])
+    return views
+
+
+def test_rrd_opens_with_the_blueprint_and_entities_the_readme_describes(run: tuple[Path, str]) -> None:
+    from rerun.chunk import RrdReader
+
+    from unish_model.viewer import INFER_ENTITIES, INFER_VIEWS
+
+    out, _ = run
+    path = out / "recording.rrd"
+    assert _blueprint_views(path) == INFER_VIEWS  # the saved layout: 3D world, frame + mask, the two plots
+    rows: dict[str, int] = {}
+    for chunk in RrdReader(path).stream().to_chunks():
+        if not chunk.entity_path.startswith("/__"):
+            rows[chunk.entity_path] = rows.get(chunk.entity_path, 0) + chunk.num_rows
+    assert set(rows) == set(INFER_ENTITIES) == _readme_entities("recording.rrd entities")
+    assert rows["/world/camera/image/mask"] == 1 + 14  # the class colours (static) + one mask per frame
+    for series in ("/plots/metric_scale/window", "/plots/metric_scale/applied", "/plots/stitching/residual_rms",
+                   "/plots/stitching/inlier_share"):
+        assert rows[series] == 1 + 3, series  # the series style (static) + one point per window
+    with np.load(out / "unish.npz", allow_pickle=False) as d:
+        estimates, metres = d["window_metres_per_unit"], float(d["metric_scale"])
+    values = []
+    for chunk in RrdReader(path).stream().to_chunks():
+        if chunk.entity_path == "/plots/metric_scale/window" and not chunk.is_static:
+            batch = chunk.to_record_batch()
+            column = next(n for n in batch.schema.names if n.endswith(":scalars"))
+            frames = batch.column("frame").to_pylist()
+            values += sorted(zip(frames, (v[0] for v in batch.column(column).to_pylist())))
+    assert [f for f, _ in values] == [0, 4, 8]  # at each window's first frame
+    np.testing.assert_allclose([v for _, v in values], estimates)
+    assert metres == pytest.approx(float(np.median(estimates)))
+
+
+def test_glb_plays_one_keyframe_per_frame(run: tuple[Path, str]) -> None:
+    from trimesh.exchange.gltf import validate
+
+    from unish_model.export import _glb_chunks
+
+    out, _ = run
+    tree, binary = _glb_chunks((out / "scene.glb").read_bytes())
+    validate(tree)  # the glTF 2.0 schema
+    (anim,) = tree["animations"]
+    inputs = {s["input"] for s in anim["samplers"]}
+    assert len(inputs) == 1 and {s["interpolation"] for s in anim["samplers"]} == {"STEP"}
+    acc = tree["accessors"][inputs.pop()]
+    view = tree["bufferViews"][acc["bufferView"]]
+    times = np.frombuffer(binary, np.float32, acc["count"], view["byteOffset"] + acc.get("byteOffset", 0))
+    with np.load(out / "unish.npz", allow_pickle=False) as d:
+        frame_index, fps = d["frame_index"], float(d["fps"])
+    np.testing.assert_allclose(times, frame_index / fps, atol=1e-6)  # one keyframe per frame (14), at its time
+    nodes = tree["nodes"]
+    for k, sampler in enumerate(anim["samplers"]):
+        targets = {nodes[c["target"]["node"]]["name"] for c in anim["channels"] if c["sampler"] == k}
+        assert targets == {f"smpl_{k:05d}", f"camera_{k:05d}"}
+        out_acc = tree["accessors"][sampler["output"]]
+        out_view = tree["bufferViews"][out_acc["bufferView"]]
+        scales = np.frombuffer(binary, np.float32, 3 * out_acc["count"], out_view["byteOffset"]).reshape(-1, 3)
+        np.testing.assert_array_equal(scales[:, 0], np.arange(len(times)) == k)  # shown at its keyframe only
+    # before playing, the first frame shows and the others are hidden: not every frame overlaid
+    shown = {n["name"] for n in nodes if n.get("scale", [1, 1, 1]) != [0, 0, 0]}
+    assert shown == {"smpl_00000", "camera_00000", "trajectory", "points"}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from numpy.typing import ArrayLike, NDArray
 __all__ = [
     "NpzWriter", "write_npz", "FrameSpool", "VoxelFusion", "write_ply", "vertex_normals", "frustum_segments",
     "GlbFrame",
-    "write_glb", "RrdWriter", "OPENCV_TO_GLTF", "subsample_mask",
+    "write_glb", "add_frame_animation", "RrdWriter", "OPENCV_TO_GLTF", "subsample_mask",
 ]
 
 OPENCV_TO_GLTF = np.diag([1.0, -1.0, -1.0])
@@ -279,6 +280,7 @@ class GlbFrame:
     c2w: NDArray[np.float64]  # (4, 4)
     intrinsics: NDArray[np.float64]  # (3, 3)
     vertices: NDArray[np.float32] | None = None  # (V, 3) SMPL vertices, world frame
+    time_s: float | None = None  # the frame's time in the animation (None: index / 6 fps)
 
 
 def _time_colour(t: float) -> NDArray[np.uint8]:
@@ -293,8 +295,11 @@ def write_glb(path: str | Path, frames: Iterable[GlbFrame], faces: ArrayLike | N
     """A glTF binary scene: per kept frame a node `smpl_{i:05d}` (SMPL mesh) and `camera_{i:05d}` (frustum
     lines), the camera path `trajectory`, and the fused cloud `points`; colours run blue->orange over time.
 
-    Frames are kept every ceil(frame_count / max_frames) (frame_count: the number of frames `frames` yields,
-    if known) so the file stays small for long videos.  Geometry is turned into glTF's y-up axes."""
+    The frames play as an animation (`frames`, one keyframe per kept frame at its `time_s`, see
+    `add_frame_animation`): a viewer that plays glTF animations shows one body and one camera at a time; one that
+    does not shows the first frame's.  Frames are kept every ceil(frame_count / max_frames) (frame_count: the
+    number of frames `frames` yields, if known) so the file stays small for long videos.  Geometry is turned into
+    glTF's y-up axes."""
     import trimesh
 
     scene = trimesh.Scene()
@@ -302,6 +307,7 @@ def write_glb(path: str | Path, frames: Iterable[GlbFrame], faces: ArrayLike | N
     centres = []
     kept = 0
     total = max(1, (frame_count or 1) - 1)
+    keyframes: list[tuple[float, list[str]]] = []
     for n, fr in enumerate(frames):
         centres.append(np.asarray(fr.c2w, dtype=np.float64)[:3, 3])
         if n % step or kept >= max_frames:
@@ -311,12 +317,15 @@ def write_glb(path: str | Path, frames: Iterable[GlbFrame], faces: ArrayLike | N
         seg = frustum_segments(fr.c2w, fr.intrinsics, image_hw, frustum_depth) @ OPENCV_TO_GLTF.T
         path3d = trimesh.load_path(seg)
         path3d.colors = np.tile(colour, (len(path3d.entities), 1))
-        scene.add_geometry(path3d, node_name=f"camera_{fr.index:05d}", geom_name=f"camera_{fr.index:05d}")
+        names = [f"camera_{fr.index:05d}"]
+        scene.add_geometry(path3d, node_name=names[0], geom_name=names[0])
         if fr.vertices is not None and faces is not None:
             mesh = trimesh.Trimesh(np.asarray(fr.vertices, dtype=np.float64) @ OPENCV_TO_GLTF.T,
                                    np.asarray(faces), process=False)
             mesh.visual.face_colors = colour
-            scene.add_geometry(mesh, node_name=f"smpl_{fr.index:05d}", geom_name=f"smpl_{fr.index:05d}")
+            names.append(f"smpl_{fr.index:05d}")
+            scene.add_geometry(mesh, node_name=names[1], geom_name=names[1])
+        keyframes.append((fr.index / 6.0 if fr.time_s is None else float(fr.time_s), names))
     if len(centres) >= 2:
         scene.add_geometry(trimesh.load_path(np.asarray(centres) @ OPENCV_TO_GLTF.T), node_name="trajectory",
                            geom_name="trajectory")
@@ -326,8 +335,89 @@ def write_glb(path: str | Path, frames: Iterable[GlbFrame], faces: ArrayLike | N
         colours = np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], 1)
         scene.add_geometry(trimesh.PointCloud(xyz, colors=colours), node_name="points", geom_name="points")
     path = Path(path)
-    path.write_bytes(scene.export(file_type="glb"))
+    path.write_bytes(add_frame_animation(scene.export(file_type="glb"), keyframes))
     return path
+
+
+def _glb_chunks(glb: bytes) -> tuple[dict[str, Any], bytes]:
+    magic, version, _length = struct.unpack_from("<4sII", glb, 0)
+    if magic != b"glTF" or version != 2:
+        raise ValueError("not a glTF 2.0 binary")
+    json_len, json_type = struct.unpack_from("<I4s", glb, 12)
+    if json_type != b"JSON":
+        raise ValueError("a GLB's first chunk must be JSON")
+    tree = json.loads(glb[20:20 + json_len])
+    binary = b""
+    if 20 + json_len < len(glb):
+        bin_len, bin_type = struct.unpack_from("<I4s", glb, 20 + json_len)
+        if bin_type != b"BIN\0":
+            raise ValueError("a GLB's second chunk must be BIN")
+        binary = glb[28 + json_len:28 + json_len + bin_len]
+    return tree, binary
+
+
+def _glb_bytes(tree: dict[str, Any], binary: bytes) -> bytes:
+    content = json.dumps(tree, separators=(",", ":")).encode()
+    content += b" " * (-len(content) % 4)
+    binary += b"\0" * (-len(binary) % 4)
+    chunks = struct.pack("<I4s", len(content), b"JSON") + content
+    if binary:
+        chunks += struct.pack("<I4s", len(binary), b"BIN\0") + binary
+    return struct.pack("<4sII", b"glTF", 2, 12 + len(chunks)) + chunks
+
+
+def add_frame_animation(glb: bytes, keyframes: list[tuple[float, list[str]]], name: str = "frames") -> bytes:
+    """Make a GLB's per-frame nodes play over time: `keyframes` = [(time_s, node names shown at that time)].
+
+    glTF core only (no extension): one animation `name` whose samplers share one input (the K keyframe times,
+    seconds) and have STEP interpolation; sampler k's output is K scales, (1,1,1) at keyframe k and (0,0,0)
+    elsewhere, and drives the `scale` of every node of keyframe k.  Without playing, the nodes of keyframe 0 keep
+    scale 1 and all others are scaled to 0, so a static viewer shows the first frame, not every frame overlaid.
+    The animation's `extras.frame_times_s` repeats the times."""
+    if not keyframes:
+        return glb
+    tree, binary = _glb_chunks(glb)
+    nodes = tree.get("nodes", [])
+    by_name = {n.get("name"): i for i, n in enumerate(nodes)}
+    data = bytearray(binary)
+    views = tree.setdefault("bufferViews", [])
+    accessors = tree.setdefault("accessors", [])
+
+    def accessor(array: np.ndarray, kind: str, bounds: bool) -> int:
+        data.extend(b"\0" * (-len(data) % 4))
+        views.append({"buffer": 0, "byteOffset": len(data), "byteLength": array.nbytes})
+        data.extend(array.tobytes())
+        acc: dict[str, Any] = {"bufferView": len(views) - 1, "componentType": 5126, "count": len(array),
+                               "type": kind}
+        if bounds:
+            acc["min"], acc["max"] = [float(array.min())], [float(array.max())]
+        accessors.append(acc)
+        return len(accessors) - 1
+
+    times = np.asarray([t for t, _ in keyframes], np.float32)
+    if np.any(np.diff(times) <= 0):
+        raise ValueError("keyframe times must increase")
+    time_acc = accessor(times, "SCALAR", bounds=True)
+    samplers, channels = [], []
+    for k, (_, names) in enumerate(keyframes):
+        scales = np.zeros((len(keyframes), 3), np.float32)
+        scales[k] = 1.0
+        samplers.append({"input": time_acc, "output": accessor(scales, "VEC3", bounds=False),
+                         "interpolation": "STEP"})
+        for node_name in names:
+            if node_name not in by_name:
+                raise KeyError(f"the GLB has no node {node_name!r}")
+            node = nodes[by_name[node_name]]
+            matrix = node.pop("matrix", None)  # animated nodes carry TRS, never a matrix
+            if matrix is not None and not np.allclose(matrix, np.eye(4).reshape(-1)):
+                raise ValueError(f"node {node_name!r} has a transform: animate a parent node instead")
+            if k:
+                node["scale"] = [0.0, 0.0, 0.0]
+            channels.append({"sampler": k, "target": {"node": by_name[node_name], "path": "scale"}})
+    tree.setdefault("animations", []).append({"name": name, "samplers": samplers, "channels": channels,
+                                              "extras": {"frame_times_s": times.tolist()}})
+    tree["buffers"] = [{**(tree.get("buffers") or [{}])[0], "byteLength": len(data)}]
+    return _glb_bytes(tree, bytes(data))
 
 
 # ----------------------------------------------------------------------------------------------- rerun
@@ -336,18 +426,26 @@ def write_glb(path: str | Path, frames: Iterable[GlbFrame], faces: ArrayLike | N
 class RrdWriter:
     """A Rerun recording streamed to an `.rrd` file (no viewer): timeline `frame` (sequence) and `time`
     (seconds); entities `world/points` (this frame's cloud), `world/camera` (pose) with `world/camera/image`
-    (pinhole + image), `world/smpl` (mesh), and static `world/fused` / `world/trajectory` at the end."""
+    (pinhole + image) and `world/camera/image/mask` (the person), `world/smpl` (mesh), static `world/fused` /
+    `world/trajectory` at the end, and the per-window plots under `plots/` (`log_windows`).  `blueprint` (a
+    `rerun.blueprint.Blueprint`, e.g. `unish_model.viewer.infer_blueprint()`) is saved in the file, active and
+    default, so the viewer opens with that layout.  Entities and layout: `unish_model.viewer.INFER_ENTITIES`."""
 
     def __init__(self, path: str | Path, application_id: str = "unish", faces: ArrayLike | None = None,
-                 jpeg_quality: int | None = 85) -> None:
+                 jpeg_quality: int | None = 85, blueprint: Any | None = None) -> None:
         import rerun as rr
+
+        from unish_model.viewer import mask_context
 
         self.rr = rr
         self.path = Path(path)
         self.jpeg_quality = jpeg_quality
         self.rec = rr.RecordingStream(application_id, recording_id=self.path.stem)
         self.rec.save(self.path)
+        if blueprint is not None:
+            self.rec.send_blueprint(blueprint, make_active=True, make_default=True)
         self.rec.log("world", rr.ViewCoordinates.RDF, static=True)
+        self.rec.log("world/camera/image/mask", mask_context(), static=True)
         if faces is not None:
             self.rec.log("world/smpl", rr.Mesh3D.from_fields(triangle_indices=np.asarray(faces, dtype=np.uint32)),
                          static=True)
@@ -355,7 +453,7 @@ class RrdWriter:
     def log_frame(self, index: int, time_s: float | None, c2w: ArrayLike, intrinsics: ArrayLike,
                   image: np.ndarray | None = None, points: ArrayLike | None = None, colors: ArrayLike | None = None,
                   vertices: ArrayLike | None = None, vertex_normals: ArrayLike | None = None,
-                  image_hw: tuple[int, int] | None = None) -> None:
+                  image_hw: tuple[int, int] | None = None, mask: np.ndarray | None = None) -> None:
         rr, rec = self.rr, self.rec
         rec.set_time("frame", sequence=int(index))
         if time_s is not None and np.isfinite(time_s):
@@ -363,12 +461,17 @@ class RrdWriter:
         pose = np.asarray(c2w, dtype=np.float32)
         rec.log("world/camera", rr.Transform3D(translation=pose[:3, 3], mat3x3=pose[:3, :3]))
         hw = image_hw if image_hw is not None else (image.shape[:2] if image is not None else None)
-        if hw is not None:
-            rec.log("world/camera/image", rr.Pinhole(image_from_camera=np.asarray(intrinsics, dtype=np.float32),
-                                                     resolution=[hw[1], hw[0]], camera_xyz=rr.ViewCoordinates.RDF))
+        k = np.asarray(intrinsics, dtype=np.float32)
+        # a camera with a non-positive or non-finite focal (a random model's) cannot be drawn: the viewer would
+        # show neither its frustum nor its image; without the pinhole the frame still shows in 2D
+        if hw is not None and np.isfinite(k).all() and k[0, 0] > 0 and k[1, 1] > 0:
+            rec.log("world/camera/image", rr.Pinhole(image_from_camera=k, resolution=[hw[1], hw[0]],
+                                                     camera_xyz=rr.ViewCoordinates.RDF))
         if image is not None:
             img = rr.Image(np.asarray(image, dtype=np.uint8))
             rec.log("world/camera/image", img.compress(self.jpeg_quality) if self.jpeg_quality else img)
+        if mask is not None:
+            rec.log("world/camera/image/mask", rr.SegmentationImage(np.asarray(mask).astype(np.uint8), opacity=0.5))
         if points is not None:
             rec.log("world/points", rr.Points3D(np.asarray(points, dtype=np.float32),
                                                 colors=None if colors is None else np.asarray(colors, np.uint8)))
@@ -388,6 +491,32 @@ class RrdWriter:
         if info:
             rec.log("info", rr.TextDocument(json.dumps(dict(info), indent=2, default=str), media_type="text/markdown"),
                     static=True)
+
+    def log_windows(self, start_frames: ArrayLike, metres_per_unit: ArrayLike, metric_scale: float,
+                    residual_rms: ArrayLike, inlier_share: ArrayLike, start_times_s: ArrayLike | None = None) -> None:
+        """The per-window plots, one point per window at its first frame: the metric scale each window estimated
+        and the one applied (`plots/metric_scale/*`), and the stitching fit's RMS residual and inlier share
+        (`plots/stitching/*`)."""
+        rr, rec = self.rr, self.rec
+        series = {"plots/metric_scale/window": ("window estimate", (60, 110, 220)),
+                  "plots/metric_scale/applied": ("applied (median)", (200, 200, 200)),
+                  "plots/stitching/residual_rms": ("RMS residual", (220, 80, 60)),
+                  "plots/stitching/inlier_share": ("inlier share", (60, 170, 90))}
+        for entity, (name, colour) in series.items():
+            rec.log(entity, rr.SeriesLines(names=name, colors=colour), rr.SeriesPoints(names=name, colors=colour,
+                                                                                        marker_sizes=4), static=True)
+        starts = np.asarray(start_frames, np.int64)
+        times = None if start_times_s is None else np.asarray(start_times_s, np.float64)
+        values = zip(starts, np.asarray(metres_per_unit, float), np.asarray(residual_rms, float),
+                     np.asarray(inlier_share, float))
+        for k, (start, estimate, rms, share) in enumerate(values):
+            rec.set_time("frame", sequence=int(start))
+            if times is not None and np.isfinite(times[k]):
+                rec.set_time("time", duration=float(times[k]))
+            rec.log("plots/metric_scale/window", rr.Scalars(estimate))
+            rec.log("plots/metric_scale/applied", rr.Scalars(float(metric_scale)))
+            rec.log("plots/stitching/residual_rms", rr.Scalars(rms))
+            rec.log("plots/stitching/inlier_share", rr.Scalars(share))
 
     def close(self) -> None:
         self.rec.flush()

@@ -5,9 +5,10 @@ While the windows run, `spool_step` appends each window's new frames to a `Frame
 window whatever the video's length): points, cameras and SMPL moved into the world frame by the window's
 stitching similarity, lengths in world units.  At the end, with the one metric scale known, `write_outputs` makes a
 second pass over the spool: world SMPL (`runner.smpl_to_world`), then `recording.rrd` (Rerun: points, cameras,
-SMPL on a timeline), `points.ply` (fused, confidence-masked, voxel-subsampled), `scene.glb` (SMPL meshes and
-camera frusta over time) and `unish.npz` (every array in metres, documented in `ARRAY_DOC`), through the writers
-of `unish_model.export`.
+person mask, SMPL on a timeline, per-window plots, and its saved layout `unish_model.viewer.infer_blueprint`),
+`points.ply` (fused, confidence-masked, voxel-subsampled), `scene.glb` (SMPL meshes and camera frusta as a glTF
+animation, one keyframe per kept frame) and `unish.npz` (every array in metres, documented in `ARRAY_DOC`),
+through the writers of `unish_model.export`.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from unish_model.export import (FrameSpool, GlbFrame, NpzWriter, RrdWriter, Voxe
 from unish_model.geometry import axis_angle_to_matrix, matrix_to_axis_angle
 from unish_model.runner import WindowRunner, WindowStep, smpl_to_world
 from unish_model.stitch import similarity_matrix, transform_poses
+from unish_model.viewer import infer_blueprint
 
 __all__ = ["ARRAY_DOC", "LENGTHS", "OutputOptions", "spool_step", "window_arrays", "write_outputs"]
 
@@ -139,12 +141,12 @@ def write_outputs(out: Path, spool: FrameSpool, metres: float, per_window: dict[
     faces = None if body is None else body.faces.numpy().astype(np.int32)
     glb_step = max(1, math.ceil(n / options.glb_max_frames))
     glb_frames: list[GlbFrame] = []
-    rrd = RrdWriter(out / "recording.rrd", faces=faces)
+    rrd = RrdWriter(out / "recording.rrd", faces=faces, blueprint=infer_blueprint())
     fusion: VoxelFusion | None = None
     for a, b in _frame_chunks(spool, 16):
         chunk = {name: spool.read(name, a, b) for name in (
             "images", "world_points", "point_conf", "masks", "c2w", "intrinsics", "pose_cam", "trans_cam", "shift",
-            "betas", "frame_index", "frame_time_s")}
+            "betas", "frame_index", "frame_time_s", "person_mask")}
         c2w = chunk["c2w"].astype(np.float64)
         c2w[:, :3, 3] *= metres
         spool.append("c2w_metric", c2w.astype(np.float32))
@@ -183,16 +185,23 @@ def write_outputs(out: Path, spool: FrameSpool, metres: float, per_window: dict[
             v = None if vertices is None else vertices[j]
             rrd.log_frame(int(chunk["frame_index"][j]), float(chunk["frame_time_s"][j]), c2w[j],
                           chunk["intrinsics"][j], image=chunk["images"][j], points=flat[pick], colors=rgb[pick],
-                          vertices=v, vertex_normals=None if v is None else vertex_normals(v, faces))
+                          vertices=v, vertex_normals=None if v is None else vertex_normals(v, faces),
+                          mask=chunk["person_mask"][j])
             if (a + j) % glb_step == 0:
                 # copies: a view would keep the whole chunk's arrays alive until the end
                 glb_frames.append(GlbFrame(a + j, c2w[j].copy(), chunk["intrinsics"][j].astype(np.float64),
-                                           None if v is None else v.copy()))
+                                           None if v is None else v.copy(),
+                                           time_s=float(chunk["frame_index"][j]) / options.fps))
     assert fusion is not None
     cloud = fusion.result()
     trajectory = spool.read("c2w_metric")[:, :3, 3].astype(np.float64)
     rrd.log_static(fused=cloud, trajectory=trajectory,
                    info={"video": video_path, "frames": n, "metric_scale": float(metres)})
+    index_of = spool.read("frame_index")
+    time_of = dict(zip(index_of.tolist(), spool.read("frame_time_s").tolist()))
+    starts = np.asarray(per_window["window_start_frame"], np.int64)
+    rrd.log_windows(starts, per_window["window_metres_per_unit"], float(metres), per_window["window_residual_rms"],
+                    per_window["window_inlier_share"], [time_of.get(int(f), np.nan) for f in starts])
     rrd.close()
     files = {"rrd": out / "recording.rrd", "ply": write_ply(out / "points.ply", *cloud)}
     extent = float(np.linalg.norm(trajectory.max(0) - trajectory.min(0))) if n > 1 else 0.0
