@@ -221,8 +221,9 @@ class _Fail(Exception):
 
 
 RootOpt = Annotated[Path, typer.Option("--root", help="the benchmark's folder (its own layout)")]
-WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="UniSH weights (default: the weights "
-                                                    "folder's unish_release.safetensors)")]
+WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", "--checkpoint", help="UniSH weights: the official "
+                                                    "unish_release file (default: the weights folder's), or a "
+                                                    "`unish train` run or checkpoint folder")]
 TinyOpt = Annotated[bool, typer.Option("--tiny-random", help="tiny random model (smoke tests only: meaningless "
                                        "numbers)")]
 OracleOpt = Annotated[bool, typer.Option("--oracle", help="feed the ground truth instead of a model (plumbing check)")]
@@ -367,15 +368,15 @@ def _refuse_missing_weights(options: "BenchmarkOptions", benchmark: str, motion:
 
 def _model_predictor(weights: Optional[Path], tiny_random: bool, device: str, solver: str) -> tuple[Any, str]:
     """UniSH as a predictor, and a description of it for the results."""
-    from flows.models import load_model
+    from flows.models import load_model, weights_file
     from tasks.weights import WeightsError, how_to_get, spec
     from unish_model.runner import UniSHPredictor
 
     if solver not in ("torch", "scipy"):
         raise typer.BadParameter(f"--solver must be torch or scipy, got {solver!r}")
-    if weights is not None and not tiny_random and not weights.is_file():
+    if weights is not None and not tiny_random and not weights_file(weights).is_file():
         s = spec("unish_release")
-        raise _Fail(f"weights file {weights} not found; {how_to_get(s, weights)}")
+        raise _Fail(f"weights file {weights_file(weights)} not found; {how_to_get(s, weights)}")
     try:
         model = load_model(weights, tiny_random, device)
     except (WeightsError, FileNotFoundError) as err:

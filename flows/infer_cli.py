@@ -30,7 +30,9 @@ def infer(
     ctx: typer.Context,
     video: Path = typer.Argument(..., help="a video file"),
     out: Path = typer.Option(..., "--out", help="output folder: unish.npz, points.ply, scene.glb, recording.rrd"),
-    weights: Optional[Path] = typer.Option(None, help="UniSH weights (default: the weights folder's unish_release)"),
+    weights: Optional[Path] = typer.Option(None, "--weights", "--checkpoint",
+                                           help="UniSH weights: the official unish_release file (default: the "
+                                           "weights folder's), or a `unish train` run or checkpoint folder"),
     tiny_random: bool = typer.Option(False, "--tiny-random",
                                      help="tiny random model: smoke tests only, meaningless output"),
     body_model: Optional[Path] = typer.Option(None, help="SMPL .npz in SMPL's layout (default: the weights folder's "

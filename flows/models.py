@@ -11,7 +11,9 @@ console = Console(stderr=True)
 
 
 def load_model(weights: Path | None, tiny_random: bool, device: str, seed: int = 0) -> Any:
-    """The official weights (a file, or the registry's `unish_release`), or a tiny random model (smoke tests)."""
+    """UniSH from the official weights (a file, or the registry's `unish_release`), from a `unish train` run or
+    checkpoint (its folder or model.safetensors: the size its model.json records), or a tiny random model (smoke
+    tests)."""
     import torch
 
     from unish_model.pipeline import UniSH, UniSHConfig, load_unish
@@ -23,7 +25,18 @@ def load_model(weights: Path | None, tiny_random: bool, device: str, seed: int =
         from tasks.weights import require
 
         weights = require("unish_release")
+    if Path(weights).is_dir() or Path(weights).suffix == ".safetensors":
+        from unish_model.train.checkpoint import load_model as load_checkpoint
+
+        return load_checkpoint(weights)[0].to(device).eval()  # ours or an official file (its exported size)
     return load_unish(weights, device=device)
+
+
+def weights_file(weights: Path) -> Path:
+    """The file `load_model` reads for `weights` (a training run or checkpoint folder holds model.safetensors)."""
+    from unish_model.train.checkpoint import MODEL_FILE
+
+    return Path(weights) / MODEL_FILE if Path(weights).is_dir() else Path(weights)
 
 
 def model_needs(weights: Path | None, tiny_random: bool, needed_by: str) -> list[Any]:
@@ -34,7 +47,8 @@ def model_needs(weights: Path | None, tiny_random: bool, needed_by: str) -> list
         return []
     if weights is None:
         return [need("unish_release", needed_by)]
-    return [Need(needed_by, Path(weights), None, how_to_get(spec("unish_release"), Path(weights)))]
+    path = weights_file(Path(weights))
+    return [Need(needed_by, path, None, how_to_get(spec("unish_release"), path))]
 
 
 def body_needs(path: Path | None, tiny_random: bool, needed_by: str) -> list[Any]:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -53,7 +54,8 @@ def data(tmp_path_factory, media, prefect_api, one_torch_thread) -> SimpleNamesp
             p.add_(0.5 * p.std() * torch.randn(p.shape, generator=g))
     save_model(m1, d / "m1", {"note": "M0, point decoder perturbed"})
     body = write_synthetic_body_model(d / "smpl.npz")
-    return SimpleNamespace(dir=d, real=real, gt=gt, m0=d / "m0", m1=d / "m1", body=body)
+    return SimpleNamespace(dir=d, real=real, gt=gt, m0=d / "m0", m1=d / "m1", body=body,
+                           video=media / "vtest_20s.mp4")
 
 
 def config(data: SimpleNamespace, out: Path, stage: int, **overrides) -> TrainConfig:
@@ -159,7 +161,7 @@ def test_two_ddp_processes_equal_one_process_playing_both_ranks(data, tmp_path):
         [r["loss"] for r in metrics(tmp_path / "single")], rel=1e-4)
 
 
-def test_checkpoints_export_to_the_official_layout_and_load_back(data, tmp_path):
+def test_checkpoints_export_to_the_official_layout_and_run_in_infer(data, tmp_path):
     run = tmp_path / "run"
     train(config(data, run, 3, max_steps=2, checkpoint_every=1, keep_checkpoints=1))
     assert [p.name for p in list_checkpoints(run)] == ["step-00000002"]  # only the newest kept
@@ -171,6 +173,34 @@ def test_checkpoints_export_to_the_official_layout_and_load_back(data, tmp_path)
     assert {n.split(".")[0] for n in names} == {"pi3", "backbone", "human_head", "alignnet"}
     ours, official = load_model(run)[0].state_dict(), load_model(exported)[0].state_dict()
     assert set(ours) == set(official) and all(torch.equal(ours[k], official[k]) for k in ours)
+
+    # `unish infer` runs the trained run, and its export, and the model it started from
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    def infer(weights: Path, name: str) -> dict:
+        out = tmp_path / name
+        r = CliRunner().invoke(app, ["infer", str(data.dir / "video.mp4"), "--out", str(out), "--checkpoint",
+                                     str(weights), "--body-model", str(data.body), "--people", "frame", "--window",
+                                     "4", "--stride", "4", "--long-side", "126", "--short-side", "98", "--end", "1.0"])
+        assert r.exit_code == 0, r.output + repr(r.exception)
+        with np.load(out / "unish.npz", allow_pickle=False) as d:
+            return {k: d[k] for k in d.files if d[k].dtype.kind == "f"}
+
+    (data.dir / "video.mp4").unlink(missing_ok=True)
+    (data.dir / "video.mp4").symlink_to(data.video)
+    trained, as_exported, initial = infer(run, "trained"), infer(exported, "exported"), infer(data.m0, "initial")
+    assert all(np.array_equal(trained[k], as_exported[k]) for k in trained)
+    # stage 3 trains AlignNet only: the scene's shape and the body's pose and shape are the initial model's; the
+    # metric scale and the body's placement (AlignNet's) are not
+    ratio = float(trained["window_metric_scale"][0] / initial["window_metric_scale"][0])
+    assert abs(ratio - 1) > 1e-4
+    tol = 1e-5 * float(np.abs(trained["local_points"]).max())  # float32 rounding of the rescale
+    np.testing.assert_allclose(trained["local_points"], ratio * initial["local_points"], atol=tol)
+    for k in ("pose_cam", "betas", "focal"):
+        np.testing.assert_array_equal(trained[k], initial[k])
+    assert not np.allclose(trained["trans_cam"], ratio * initial["trans_cam"], atol=tol)
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(data, tmp_path, monkeypatch):
