@@ -23,7 +23,7 @@ Coordinates are the clip's model-input pixels (x right, y down; the frames as st
 the scale and crop that map them back to the source video.
 
 Entries of `clip.labels["keypoints"]`:
-  joints2d (T, 24, 2) float32    SMPL joint order (`unish_model.body.SMPL_JOINT_NAMES`)
+  joints2d (T, 24, 2) float32    SMPL joint order (`shards.skeleton.SMPL_JOINT_NAMES`)
   confidence (T, 24) float32     0 = missing
   present (T,) bool              the backend produced a pose for the frame
   focal (T,) float32             camerahmr: the focal used (pixels)
@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from shards.skeleton import SMPL_JOINT_NAMES, SMPL_PARENTS
 from tasks.stage import BackendUnavailable, ClipWindow, LabelStage, package_version, register_stage, split_params
 from tasks.weights import REGISTRY, Need, WeightsMissing, check_needs, need, require, sha256_file
 from unish_model.boxes import usable_boxes
@@ -49,14 +50,6 @@ STAGE_VERSION = "1"
 FAMILY = "keypoints"
 NUM_JOINTS = 24
 
-# The 24 SMPL joints (the same tuple as unish_model.body, kept here so the lite backend needs no torch).
-SMPL_JOINT_NAMES = (
-    "pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2", "left_ankle", "right_ankle",
-    "spine3", "left_foot", "right_foot", "neck", "left_collar", "right_collar", "head", "left_shoulder",
-    "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hand", "right_hand",
-)
-# Each joint's parent in SMPL's kinematic tree (-1: the root): the skeleton a drawing of joints2d connects.
-SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21)
 # SMPL joint index -> MediaPipe pose landmark index, where both name the same anatomical joint. "left" is the
 # person's left in both. Not mapped: MediaPipe's foot_index is the toe tip (SMPL's foot joint is the ball of the
 # foot), its pinky/index/thumb points are knuckles (SMPL's hand joint is the palm), and SMPL's pelvis, spine,
