@@ -23,9 +23,12 @@ PREFECT = [sys.executable, "-m", "prefect"]
 pytestmark = pytest.mark.slow
 
 
+def spec() -> dict:
+    return yaml.safe_load(PREFECT_YAML.read_text())
+
+
 def local_deployment() -> dict:
-    spec = yaml.safe_load(PREFECT_YAML.read_text())
-    return next(d for d in spec["deployments"] if d["name"] == LOCAL)
+    return next(d for d in spec()["deployments"] if d["name"] == LOCAL)
 
 
 def cli(*args: str, env: dict, timeout: float = 120) -> str:
@@ -63,7 +66,7 @@ def deployed_run(prefect_api, tmp_path_factory):
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(REPO)}  # this checkout's code
     env.pop("UNISH_REPO", None)  # deployed without it: the pull step keeps its placeholder
     pool = local_deployment()["work_pool"]["name"]
-    cli("work-pool", "create", pool, "--type", "process", "--overwrite", env=env)
+    cli("work-pool", "create", pool, "--type", spec()["definitions"]["work_pools"][pool], "--overwrite", env=env)
     cli("deploy", "--prefect-file", str(PREFECT_YAML), "--name", LOCAL, env=env)
 
     # Create the run (timeout 0: do not wait); the yaml's config stays, manifest and out are this test's.
@@ -101,6 +104,6 @@ def test_the_deployment_holds_the_yaml_parameters_and_pull_step(deployed_run, pr
             return await client.read_deployment_by_name(f"curate/{LOCAL}")
 
     dep = asyncio.run(read())
-    spec = local_deployment()
-    assert dep.parameters == spec["parameters"] and dep.entrypoint == spec["entrypoint"]
-    assert dep.pull_steps == spec["pull"]  # the repository is read from the worker's environment at run time
+    local = local_deployment()
+    assert dep.parameters == local["parameters"] and dep.entrypoint == local["entrypoint"]
+    assert dep.pull_steps == local["pull"]  # the repository is read from the worker's environment at run time
