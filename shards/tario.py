@@ -25,9 +25,12 @@ def open_url(url: str | Path, mode: str = "rb") -> Iterator[IO[bytes]]:
         with open(url, mode) as f:
             yield f
         return
-    import fsspec
+    from shards.store import filesystem, store_errors
 
-    with fsspec.open(str(url), mode) as f:
+    fs, path = filesystem(str(url))
+    with store_errors(str(url)):
+        f = fs.open(path, mode)
+    with f:
         yield f
 
 
