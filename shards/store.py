@@ -313,14 +313,14 @@ def pull(url: str, folder: Path, shards: bool = False) -> SyncReport:
     return report
 
 
-def local_folder(target: str | Path, shards: bool = False) -> tuple[Path, str | None]:
+def local_folder(target: str | Path, shards: bool = False, work: Path | None = None) -> tuple[Path, str | None]:
     """(the local folder to work in, the URL to push it to afterwards, or None for a plain local folder). For a
-    URL: its replica, pulled first (see `pull`)."""
+    URL: its replica (`work`, or `replica_path`), pulled first (see `pull`)."""
     if not is_url(target):
         return Path(target), None
     url = str(target).rstrip("/")
     check_store(url)
-    folder = replica_path(url)
+    folder = Path(work) if work is not None else replica_path(url)
     folder.mkdir(parents=True, exist_ok=True)
     pull(url, folder, shards=shards)
     return folder, url

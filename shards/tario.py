@@ -7,6 +7,7 @@ so a sample read back has exactly the members, and therefore the digest, that th
 """
 from __future__ import annotations
 
+import tarfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -34,6 +35,13 @@ def open_url(url: str | Path, mode: str = "rb") -> Iterator[IO[bytes]]:
         yield f
 
 
+@contextmanager
+def open_tar(url: str | Path) -> Iterator[tarfile.TarFile]:
+    """A shard as a seekable tar (headers read, data skipped), local or at an fsspec URL (read in blocks)."""
+    with open_url(url) as f, tarfile.open(fileobj=f, mode="r:") as tf:
+        yield tf
+
+
 def iter_tar_samples(stream: IO[bytes], url: str = "") -> Iterator[dict[str, Any]]:
     """Samples of a tar stream: `{"__key__": key, "<member>": bytes, ...}`, in tar order."""
     from webdataset.tariterators import group_by_keys, tar_file_iterator
@@ -49,4 +57,4 @@ def raw_samples(url: str | Path) -> Iterator[dict[str, Any]]:
         yield from iter_tar_samples(stream, str(url))
 
 
-__all__ = ["is_url", "iter_tar_samples", "open_url", "raw_samples"]
+__all__ = ["is_url", "iter_tar_samples", "open_tar", "open_url", "raw_samples"]
