@@ -11,7 +11,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
 
 from shards.schema import STATUS_OK
 from shards.verify import VerifyReport

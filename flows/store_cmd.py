@@ -12,11 +12,14 @@ from flows.cmdline import fail, say
 
 def open_target(target: str | Path, work: Path | None = None, shards: bool = False) -> tuple[Path, str | None]:
     """(the local folder a command works in, the URL to publish it to, or None for a local folder)."""
-    from shards.store import StoreError, local_folder
+    from shards.runfolder import RunLocked, check_unlocked
+    from shards.store import StoreError, is_url, local_folder, replica_path
 
     try:
+        if is_url(target):  # a replica being written by another command is not pulled over
+            check_unlocked(Path(work) if work is not None else replica_path(str(target).rstrip("/")))
         return local_folder(target, shards=shards, work=work)
-    except StoreError as e:
+    except (StoreError, RunLocked) as e:
         raise fail(str(e), exitcodes.FAILED) from None
 
 

@@ -77,12 +77,9 @@ def filesystem(url: str) -> tuple[Any, str]:
     import fsspec
 
     protocol = fsspec.core.split_protocol(url)[0] or "file"
-    options = {**storage_options(), "use_listings_cache": False}
     if protocol in ("file", "local", "memory"):
-        options.pop("use_listings_cache")
-        options = {}  # local and in-memory stores take no connection options
-    fs, path = fsspec.core.url_to_fs(url, **options)
-    return fs, path
+        return fsspec.core.url_to_fs(url)  # nothing to connect to: no options
+    return fsspec.core.url_to_fs(url, **{**storage_options(), "use_listings_cache": False})
 
 
 def join(base: str | Path, *parts: str) -> str:
