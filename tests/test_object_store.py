@@ -158,18 +158,21 @@ def test_a_rerun_with_the_replica_lost_or_a_publish_cut_short_ends_with_the_same
 
 
 def test_release_and_takedown_in_the_store(curated, tmp_path):
-    url, rel = curated["url"], f"s3://{BUCKET}/rel"
+    """On a copy of the run made in the store (no replica of it here: release and takedown pull it whole)."""
+    fs, _ = store.filesystem(curated["url"])
+    fs.copy(f"{BUCKET}/run", f"{BUCKET}/tk/run", recursive=True)
+    url, rel = f"s3://{BUCKET}/tk/run", f"s3://{BUCKET}/tk/rel"
     r = invoke("release", url, "--out", rel, "--contact", "takedown@example.org", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout.strip().splitlines()[-1])["release"] == rel
-    released = objects("rel")
+    released = objects("tk/rel")
     assert {"clips.parquet", "manifest.csv", "release.json", "README.md"} <= set(released)
     assert json.loads(store.read_bytes(f"{url}/releases.json"))["releases"] == ["../rel"]
     ids = tmp_path / "ids.txt"
     ids.write_text("carphone\n")
     t = invoke("takedown", url, "--ids", ids)
     assert t.exit_code == 0, t.output
-    run_objects, rel_objects = objects("run"), objects("rel")
+    run_objects, rel_objects = objects("tk/run"), objects("tk/rel")
     for name, data in {**run_objects, **{f"rel/{k}": v for k, v in rel_objects.items()}}.items():
         assert b"carphone" not in data, name  # no key, id or source of the video anywhere in the store
     index, videos = read_index(url)
