@@ -82,12 +82,12 @@ def inspect(
 
     try:
         index, videos = read_index(out)
+    except StoreError as e:  # the store (a bucket, credentials), before FileNotFoundError: a missing bucket is both
+        _say_error(str(e))
+        raise typer.Exit(exitcodes.FAILED) from None
     except FileNotFoundError as e:
         _say_error(str(e))
         raise typer.Exit(exitcodes.USAGE) from None
-    except StoreError as e:
-        _say_error(str(e))
-        raise typer.Exit(exitcodes.FAILED) from None
     rows = index.to_pylist()
     try:
         matched = filter_rows(rows, status, reason)
@@ -276,12 +276,12 @@ def verify(
 
     try:
         report = verify_run(out)
+    except StoreError as e:  # the store (a bucket, credentials), before FileNotFoundError: a missing bucket is both
+        _say_error(str(e))
+        raise typer.Exit(exitcodes.FAILED) from None
     except FileNotFoundError as e:
         _say_error(str(e))
         raise typer.Exit(exitcodes.USAGE) from None
-    except StoreError as e:
-        _say_error(str(e))
-        raise typer.Exit(exitcodes.FAILED) from None
     plan = repair_plan(out, report)
     if as_json:
         typer.echo(json.dumps({

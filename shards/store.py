@@ -57,6 +57,10 @@ class StoreError(OSError):
     """The store cannot be used (no such bucket, no credentials, refused): one line naming the URL."""
 
 
+class StoreMissing(StoreError, FileNotFoundError):
+    """No such bucket or object: still a FileNotFoundError for the readers that expect one of a missing file."""
+
+
 def storage_options() -> dict[str, Any]:
     """Options for every store from UNISH_STORAGE_OPTIONS; the backends read their own standard settings."""
     raw = os.environ.get(STORAGE_OPTIONS_ENV, "").strip()
@@ -105,7 +109,9 @@ def store_errors(url: str) -> Iterator[None]:
         yield
     except StoreError:
         raise
-    except (FileNotFoundError, PermissionError) as e:  # a missing bucket is a FileNotFoundError in s3fs
+    except FileNotFoundError as e:  # a missing bucket is a FileNotFoundError in s3fs
+        raise StoreMissing(describe_error(url, e)) from e
+    except PermissionError as e:
         raise StoreError(describe_error(url, e)) from e
     except Exception as e:  # noqa: BLE001 - every backend has its own error classes; all become one line
         if type(e).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "fsspec"):
@@ -323,7 +329,7 @@ def local_folder(target: str | Path, shards: bool = False, work: Path | None = N
     return folder, url
 
 
-__all__ = ["ATOMIC_PUT", "CACHE_ENV", "LOCAL_ONLY", "PART_BYTES", "PUSH_PENDING", "STORAGE_OPTIONS_ENV", "StoreError",
+__all__ = ["ATOMIC_PUT", "CACHE_ENV", "LOCAL_ONLY", "PART_BYTES", "PUSH_PENDING", "STORAGE_OPTIONS_ENV", "StoreError", "StoreMissing",
            "SyncReport", "check_store", "download_file", "exists", "filesystem", "is_url", "join", "local_folder",
            "publish_file", "pull", "push", "read_bytes", "remote_files", "replica_path", "same_content",
            "storage_options", "store_errors"]
