@@ -64,7 +64,7 @@ def _say_error(text: str) -> None:
 
 @app.command()
 def inspect(
-    out: Path = typer.Argument(..., help="a curated output folder"),
+    out: str = typer.Argument(..., help="a curated output folder, or its URL (s3://bucket/run)"),
     samples: int = typer.Option(3, help="clips to read back through the shard reader"),
     as_json: bool = typer.Option(False, "--json", help="print the funnel and the clips read back as JSON"),
     key: Optional[str] = typer.Option(None, "--key", help="show one clip: its index row, stats and labels"),
@@ -78,8 +78,13 @@ def inspect(
     from shards.index import compute_funnel, read_index
     from shards.reader import iter_clips
 
+    from shards.store import StoreError, join
+
     try:
         index, videos = read_index(out)
+    except StoreError as e:  # the store (a bucket, credentials), before FileNotFoundError: a missing bucket is both
+        _say_error(str(e))
+        raise typer.Exit(exitcodes.FAILED) from None
     except FileNotFoundError as e:
         _say_error(str(e))
         raise typer.Exit(exitcodes.USAGE) from None
@@ -102,7 +107,7 @@ def inspect(
     shards = sorted({r["shard"] for r in ok})
     wanted = {r["key"] for r in ok}
     read_back = []
-    clips = (c for c in iter_clips([str(Path(out) / "shards" / s) for s in shards]) if c.key in wanted)
+    clips = (c for c in iter_clips([join(out, "shards", s) for s in shards]) if c.key in wanted)
     for c in itertools.islice(clips, samples):
         read_back.append({"key": c.key, "frames": int(c.frames.shape[0]), "width": int(c.frames.shape[2]),
                           "height": int(c.frames.shape[1]), "labels": sorted(c.labels),
@@ -260,16 +265,20 @@ def view(
 
 @app.command()
 def verify(
-    out: Path = typer.Argument(..., help="a curated output folder"),
+    out: str = typer.Argument(..., help="a curated output folder, or its URL (s3://bucket/run)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
     """Check every indexed clip of a run: present, complete and intact (members and sha256 as indexed), and
     no sample outside the index. Says what a rerun of `unish curate` would repair. Exit 0 when intact, 1 when not."""
     from flows.repair import repair_plan
+    from shards.store import StoreError
     from shards.verify import verify_run
 
     try:
         report = verify_run(out)
+    except StoreError as e:  # the store (a bucket, credentials), before FileNotFoundError: a missing bucket is both
+        _say_error(str(e))
+        raise typer.Exit(exitcodes.FAILED) from None
     except FileNotFoundError as e:
         _say_error(str(e))
         raise typer.Exit(exitcodes.USAGE) from None

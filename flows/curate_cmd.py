@@ -39,7 +39,10 @@ def _merge_stage_params(from_file: Any, from_flags: dict) -> dict:
 def curate(
     ctx: typer.Context,
     manifest: Path = typer.Argument(..., help="CSV, JSONL or Parquet with source[, start, end, id]"),
-    out: Path = typer.Option(..., "--out", help="output folder (shards/, index.parquet, videos.parquet)"),
+    out: str = typer.Option(..., "--out", help="output folder (shards/, index.parquet, videos.parquet), or an fsspec "
+                            "URL (s3://bucket/run): the run works in a local replica and publishes there"),
+    work: Optional[Path] = typer.Option(None, "--work", help="with a URL --out: the local folder the run works in "
+                                        "(staging, markers, lock; default: the URL's replica in $UNISH_STORE_CACHE)"),
     config_file: Optional[Path] = typer.Option(
         None, "--config", help="TOML or YAML file of settings: its `curate` table, or the whole file; keys as in "
         "curate.json's `curate` (shot_threshold, jpeg_quality, shard_max_samples, host_backoff_s, ...); flags "
@@ -92,10 +95,14 @@ def curate(
         stage_names = config.stage_names()
     except (ValueError, KeyError) as e:
         raise fail(str(e).strip("'\""), exitcodes.USAGE) from None
-    _refuse_unless_writable(out, config)
+    from flows.store_cmd import open_target, publish
+
+    out_dir, url = open_target(out, work)  # a URL: its local replica, published when the run is done
+    _refuse_unless_writable(out_dir, config)
     _refuse_missing_weights(stage_names, config)
-    summary, run = _run(manifest, out, config, strict)
-    _report(summary, run, out, as_json)
+    summary, run = _run(manifest, out_dir, config, strict)
+    publish(out_dir, url, quiet=as_json)
+    _report(summary, run, out_dir, as_json)
     raise typer.Exit(summary["status"])
 
 

@@ -27,15 +27,16 @@ def filter_rows(rows: list[dict[str, Any]], status: str | None, reason: str | No
             and (reason is None or (r["reason"] or "") == reason)]
 
 
-def family_counts(run: Path, rows: list[dict[str, Any]]) -> dict[str, int]:
+def family_counts(run: Path | str, rows: list[dict[str, Any]]) -> dict[str, int]:
     """Label family -> kept clips whose sample in the main shards holds it (read from the tar headers), and
     `<family>@<version>` -> clips of each relabelled (sidecar) version, from labels.parquet."""
     from shards.peek import family_counts as peek_counts
     from shards.sidecar import read_labels_table
+    from shards.store import exists, join
 
     ok = [r for r in rows if r["status"] == STATUS_OK and r["shard"]]
-    shards = sorted({Path(run) / "shards" / r["shard"] for r in ok})
-    found = peek_counts([s for s in shards if s.is_file()], {r["key"] for r in ok})
+    shards = sorted({join(run, "shards", r["shard"]) for r in ok})
+    found = peek_counts([s for s in shards if exists(s)], {r["key"] for r in ok})
     counts: dict[str, int] = dict(sorted(found.items()))
     table = read_labels_table(run).to_pylist()
     sidecar = Counter(f"{r['family']}@{r['version']}" for r in table if r["status"] == STATUS_OK)
@@ -55,7 +56,7 @@ def describe_entry(value: Any) -> Any:
     return value
 
 
-def clip_details(run: Path, row: dict[str, Any]) -> dict[str, Any]:
+def clip_details(run: Path | str, row: dict[str, Any]) -> dict[str, Any]:
     """One clip: its index row, the stats its filters recorded, and its labels (read back through the checked
     reader for a kept clip; a rejected clip's staged evidence, when the run's work folder still has it)."""
     details: dict[str, Any] = {k: row[k] for k in ROW_FIELDS}
@@ -64,8 +65,9 @@ def clip_details(run: Path, row: dict[str, Any]) -> dict[str, Any]:
     if row["status"] == STATUS_OK and row["shard"]:
         from shards.reader import iter_members
         from shards.sample import decode_sample
+        from shards.store import join
 
-        for members in iter_members([str(Path(run) / "shards" / row["shard"])]):
+        for members in iter_members([join(run, "shards", row["shard"])]):
             if members["__key__"] == row["key"]:
                 clip = decode_sample(members)
                 details["frames"] = list(clip.frames.shape)
@@ -73,7 +75,7 @@ def clip_details(run: Path, row: dict[str, Any]) -> dict[str, Any]:
                                      for f, entries in sorted(clip.labels.items())}
                 details["provenance"] = clip.meta.get("labels", {})
                 break
-    elif row["key"]:
+    elif row["key"] and "://" not in str(run):  # a store holds no _work/: the evidence stays with the replica
         from tasks.staging import load_evidence
 
         hits = sorted((Path(run) / "_work" / "videos" / row["source_id"]).glob(f"*/clips/{row['key']}"))

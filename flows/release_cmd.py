@@ -194,8 +194,8 @@ def _manifest_rows(video_rows: list[dict], clips: list[dict], default_id, span_f
 
 
 def release(
-    run: Path = typer.Argument(..., help="a curated run folder (index.parquet, shards/)"),
-    out: Path = typer.Option(..., "--out", help="the release folder to write (created, or updated in place)"),
+    run: str = typer.Argument(..., help="a curated run folder (index.parquet, shards/), or its URL (s3://bucket/run)"),
+    out: str = typer.Option(..., "--out", help="the release folder to write (created, or updated in place), or a URL"),
     exclude: Optional[Path] = typer.Option(None, "--exclude",
                                            help="file of video IDs or URLs to leave out, one a line"),
     contact: Optional[str] = typer.Option(
@@ -209,19 +209,26 @@ def release(
     """Write a release folder: video IDs, timestamps, a rebuild manifest and a dataset card; no frames or labels."""
     from rich.console import Console
 
+    from flows.store_cmd import open_target, publish
     from shards.blocklist import IdsFileError, read_ids_file
     from shards.runfolder import RunLocked
 
     err = Console(stderr=True)
+    # URLs: worked on in local replicas (the run's with its shards: each clip's meta.json is read), then published
+    run_dir, run_url = open_target(run, shards=True)
+    out_dir, out_url = open_target(out)
     try:
         tokens = read_ids_file(exclude) if exclude else []
-        summary = build_release(run, out, tokens, contact, license_id, name)
+        summary = build_release(run_dir, out_dir, tokens, contact, license_id, name)
     except (IdsFileError, FileNotFoundError, ReleaseRefused) as e:
         err.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except RunLocked as e:
         err.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+    publish(out_dir, out_url, quiet=as_json)  # the release first, then the run's releases.json that names it
+    publish(run_dir, run_url, quiet=as_json)
+    summary["release"] = out_url or summary["release"]
     if as_json:
         typer.echo(json.dumps(summary, sort_keys=True))
         return

@@ -11,9 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
 
-from shards.index import INDEX_FILE
 from shards.schema import STATUS_OK
 from shards.verify import VerifyReport
 from tasks import staging
@@ -45,9 +43,10 @@ def span_tag_of(shard: str, source_id: str) -> str:
     return _SHARD_NUMBER.sub("", shard)[len(source_id) + 1:]
 
 
-def repair_plan(run_dir: Path, report: VerifyReport) -> list[RepairStep]:
-    run_dir = Path(run_dir)
-    rows = [r for r in pq.read_table(run_dir / INDEX_FILE).to_pylist() if r["status"] == STATUS_OK]
+def repair_plan(run_dir: Path | str, report: VerifyReport) -> list[RepairStep]:
+    from shards.index import read_index
+
+    rows = [r for r in read_index(run_dir)[0].to_pylist() if r["status"] == STATUS_OK]
     by_shard: dict[str, list[dict]] = {}
     for r in rows:
         by_shard.setdefault(r["shard"], []).append(r)

@@ -375,9 +375,36 @@ def _target_report(t: Target, changed: bool) -> dict[str, Any]:
     return out
 
 
+def store_targets(paths: list[str]) -> tuple[list[Path], dict[Path, str]]:
+    """The local folders to take down, and the URL each replica publishes to. A URL target is pulled whole into its
+    replica (shards too: they are rewritten), and so are the releases its releases.json names (relative to the run,
+    so they land beside its replica as they lie beside it in the store)."""
+    import posixpath
+
+    from flows.store_cmd import open_target
+    from shards.release import RUN_RELEASES_FILE
+
+    folders: list[Path] = []
+    urls: dict[Path, str] = {}
+    pending = [str(p) for p in paths]
+    while pending:
+        target = pending.pop(0)
+        folder, url = open_target(target, shards=True)
+        if len(folders) < len(paths):
+            folders.append(folder)  # the targets named; recorded releases are found by run_takedown itself
+        if url is None or folder in urls:
+            continue
+        urls[folder] = url
+        recorded = folder / RUN_RELEASES_FILE
+        scheme, _, inner = url.partition("://")
+        for rel in json.loads(recorded.read_text()).get("releases", []) if recorded.is_file() else []:
+            pending.append(f"{scheme}://{posixpath.normpath(posixpath.join(inner, rel))}")
+    return folders, urls
+
+
 def takedown(
-    paths: list[Path] = typer.Argument(..., help="curated run folders and release folders (a run's recorded "
-                                       "releases are included)"),
+    paths: list[str] = typer.Argument(..., help="curated run folders and release folders, or their URLs "
+                                      "(s3://bucket/run; a run's recorded releases are included)"),
     ids: Path = typer.Option(..., "--ids", help="file of video IDs or URLs to withdraw, one a line (# comments)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="report what would be removed; change nothing"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
@@ -395,13 +422,19 @@ def takedown(
         err.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(code) from None
 
+    from flows.store_cmd import publish
+
     try:
         tokens = read_ids_file(ids)
-        report = run_takedown(paths, tokens, dry_run)
+        folders, urls = store_targets(paths)
+        report = run_takedown(folders, tokens, dry_run)
     except (IdsFileError, NotATarget) as e:
         fail(e, 2)
     except (RunLocked, TakedownIncomplete) as e:
         fail(e, 1)
+    if not dry_run:
+        for folder, url in urls.items():  # only once every target is clean: the store never gets a partial takedown
+            publish(folder, url, quiet=as_json)
     if as_json:
         typer.echo(json.dumps(report, sort_keys=True))
         return

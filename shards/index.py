@@ -46,12 +46,25 @@ def write_table_if_changed(table: pa.Table, path: Path) -> bool:
     return True
 
 
-def read_index(out_dir: Path) -> tuple[pa.Table, pa.Table]:
-    out_dir = Path(out_dir)
-    missing = [n for n in (INDEX_FILE, VIDEOS_FILE) if not (out_dir / n).exists()]
+def read_index(out_dir: Path | str) -> tuple[pa.Table, pa.Table]:
+    """(index, videos) of a run folder, or of a run at an fsspec URL (`s3://bucket/run`)."""
+    from shards.store import check_store, exists, is_url, join
+
+    if is_url(out_dir):
+        check_store(str(out_dir))  # a missing bucket or credentials: StoreError, not "not a curated output"
+    else:
+        out_dir = Path(out_dir)
+    missing = [n for n in (INDEX_FILE, VIDEOS_FILE) if not exists(join(out_dir, n))]
     if missing:
         raise FileNotFoundError(f"{out_dir} is not a curated output: missing {', '.join(missing)}")
-    return pq.read_table(out_dir / INDEX_FILE), pq.read_table(out_dir / VIDEOS_FILE)
+    return _read_parquet(join(out_dir, INDEX_FILE)), _read_parquet(join(out_dir, VIDEOS_FILE))
+
+
+def _read_parquet(path: str) -> pa.Table:
+    from shards.tario import open_url
+
+    with open_url(path) as f:
+        return pq.read_table(f)
 
 
 @dataclass

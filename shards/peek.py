@@ -7,12 +7,12 @@ the index (training and `unish view` read clips through `shards.reader`, which d
 """
 from __future__ import annotations
 
-import tarfile
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable
 
 from shards.sample import decode_label_member, label_family
+from shards.tario import open_tar
 
 __all__ = ["member_names", "read_members", "family_counts", "decode_entries"]
 
@@ -22,10 +22,10 @@ def _split(name: str) -> tuple[str, str]:
     return key, member
 
 
-def member_names(shard: Path) -> dict[str, list[str]]:
+def member_names(shard: Path | str) -> dict[str, list[str]]:
     """key -> member names (after `<key>.`) of every sample in a shard, in tar order."""
     out: dict[str, list[str]] = {}
-    with tarfile.open(shard, "r:") as tf:
+    with open_tar(shard) as tf:
         for info in tf:
             if info.isfile():
                 key, member = _split(info.name)
@@ -33,10 +33,10 @@ def member_names(shard: Path) -> dict[str, list[str]]:
     return out
 
 
-def read_members(shard: Path, wanted: Callable[[str, str], bool]) -> dict[str, dict[str, bytes]]:
+def read_members(shard: Path | str, wanted: Callable[[str, str], bool]) -> dict[str, dict[str, bytes]]:
     """key -> {member name: bytes} for the members `wanted(key, member)` accepts; the others are skipped."""
     out: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(shard, "r:") as tf:
+    with open_tar(shard) as tf:
         for info in tf:
             if not info.isfile():
                 continue
@@ -59,11 +59,11 @@ def decode_entries(members: dict[str, bytes]) -> dict[str, dict[str, object]]:
     return labels
 
 
-def family_counts(shards: Iterable[Path], keys: set[str] | None = None) -> Counter:
+def family_counts(shards: Iterable[Path | str], keys: set[str] | None = None) -> Counter:
     """Label family -> number of clips (of `keys`, if given) whose sample holds at least one of its entries."""
     counts: Counter = Counter()
     for shard in shards:
-        for key, names in member_names(Path(shard)).items():
+        for key, names in member_names(shard).items():
             if keys is not None and key not in keys:
                 continue
             counts.update({f for f in map(label_family, names) if f})

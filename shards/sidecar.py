@@ -237,11 +237,16 @@ def write_labels_table(out_dir: Path) -> bool:
     return write_table_if_changed(table, out_dir / LABELS_FILE)
 
 
-def read_labels_table(out_dir: Path) -> pa.Table:
-    path = Path(out_dir) / LABELS_FILE
-    if not path.exists():
+def read_labels_table(out_dir: Path | str) -> pa.Table:
+    """labels.parquet of a run folder, or of a run at an fsspec URL; empty when the run has none."""
+    from shards.store import exists, join
+    from shards.tario import open_url
+
+    path = join(out_dir, LABELS_FILE)
+    if not exists(path):
         return labels_table([])
-    return pq.read_table(path)
+    with open_url(path) as f:
+        return pq.read_table(f)
 
 
 # ------------------------------------------------------------------------------------------ reading

@@ -7,6 +7,7 @@ so a sample read back has exactly the members, and therefore the digest, that th
 """
 from __future__ import annotations
 
+import tarfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -25,10 +26,20 @@ def open_url(url: str | Path, mode: str = "rb") -> Iterator[IO[bytes]]:
         with open(url, mode) as f:
             yield f
         return
-    import fsspec
+    from shards.store import filesystem, store_errors
 
-    with fsspec.open(str(url), mode) as f:
+    fs, path = filesystem(str(url))
+    with store_errors(str(url)):
+        f = fs.open(path, mode)
+    with f:
         yield f
+
+
+@contextmanager
+def open_tar(url: str | Path) -> Iterator[tarfile.TarFile]:
+    """A shard as a seekable tar (headers read, data skipped), local or at an fsspec URL (read in blocks)."""
+    with open_url(url) as f, tarfile.open(fileobj=f, mode="r:") as tf:
+        yield tf
 
 
 def iter_tar_samples(stream: IO[bytes], url: str = "") -> Iterator[dict[str, Any]]:
@@ -46,4 +57,4 @@ def raw_samples(url: str | Path) -> Iterator[dict[str, Any]]:
         yield from iter_tar_samples(stream, str(url))
 
 
-__all__ = ["is_url", "iter_tar_samples", "open_url", "raw_samples"]
+__all__ = ["is_url", "iter_tar_samples", "open_tar", "open_url", "raw_samples"]

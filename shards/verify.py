@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from shards.atomic import TMP_SUFFIX
 from shards.index import INDEX_FILE
 from shards.sample import sample_digest
-from shards.tario import is_url, raw_samples
+from shards.tario import is_url, open_url, raw_samples
 from shards.schema import STATUS_OK
 
 SHARD_DIR = "shards"
@@ -84,13 +84,27 @@ def expected_clips(index: pa.Table) -> dict[str, dict[str, ExpectedClip]]:
     return out
 
 
-def index_for_shard(url: str) -> Path | None:
-    """`<run>/index.parquet` for a local shard `<run>/shards/<name>.tar`, if there is one."""
+def index_for_shard(url: str) -> str | None:
+    """`<run>/index.parquet` for a shard `<run>/shards/<name>.tar` (a local path or an fsspec URL), if there is one."""
+    from shards.store import exists, join
+
+    if is_url(url):
+        parent, _, _ = url.rstrip("/").rpartition("/")
+        run, _, folder = parent.rpartition("/")
+        if folder != SHARD_DIR or "://" not in run:
+            return None
+        index = join(run, INDEX_FILE)
+        return index if exists(index) else None
     path = Path(url)
-    if is_url(url) or path.parent.name != SHARD_DIR:
+    if path.parent.name != SHARD_DIR:
         return None
-    index = path.parent.parent / INDEX_FILE
-    return index if index.exists() else None
+    local = path.parent.parent / INDEX_FILE
+    return str(local) if local.exists() else None
+
+
+def _read_table(path: str) -> pa.Table:
+    with open_url(path) as f:
+        return pq.read_table(f)
 
 
 def check_members(members: Mapping[str, Any], expected: ExpectedClip, shard: str) -> Problem | None:
@@ -211,36 +225,64 @@ def check_shard(path: Path, expected: Mapping[str, ExpectedClip]) -> tuple[list[
     return problems, good
 
 
-def verify_run(run_dir: Path) -> VerifyReport:
-    """Check every shard of a curated run folder against its index (see the module docstring)."""
-    run_dir = Path(run_dir)
-    index_path = run_dir / INDEX_FILE
-    if not index_path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a curated output: missing {INDEX_FILE}")
-    expected = expected_clips(pq.read_table(index_path))
-    report = VerifyReport(run_dir)
-    shard_dir = run_dir / SHARD_DIR
+def verify_run(run_dir: Path | str) -> VerifyReport:
+    """Check every shard of a curated run folder (or a run at an fsspec URL) against its index (see the module
+    docstring; the tar structure check needs a local file)."""
+    from shards.store import check_store, join, remote_files
+
+    url = str(run_dir).rstrip("/") if is_url(run_dir) else None
+    run_dir = Path(run_dir) if url is None else run_dir
+    if url is not None:
+        check_store(url)
+        names = {r.split("/", 1)[1] for r in remote_files(url) if r.startswith(SHARD_DIR + "/") and r.count("/") == 1}
+        index_path = join(url, INDEX_FILE)
+        if INDEX_FILE not in remote_files(url):
+            raise FileNotFoundError(f"{url} is not a curated output: missing {INDEX_FILE}")
+    else:
+        shard_dir = Path(run_dir) / SHARD_DIR
+        names = {p.name for p in shard_dir.iterdir()} if shard_dir.is_dir() else set()
+        index_path = str(Path(run_dir) / INDEX_FILE)
+        if not Path(index_path).exists():
+            raise FileNotFoundError(f"{run_dir} is not a curated output: missing {INDEX_FILE}")
+    expected = expected_clips(_read_table(index_path))
+    report = VerifyReport(run_dir)  # type: ignore[arg-type]
     for name in sorted(expected):
-        path = shard_dir / name
-        problems, good = check_shard(path, expected[name])
+        problems, good, size = _check_named_shard(run_dir, name, name in names, expected[name])
         report.problems.extend(problems)
         report.shards_checked += 1
         report.clips_checked += len(expected[name])
         report.clips_ok += good
-        report.bytes_read += path.stat().st_size if path.exists() else 0
-    if shard_dir.is_dir():
-        for path in sorted(shard_dir.iterdir()):
-            if path.name.endswith(TMP_SUFFIX):
-                report.problems.append(Problem("temp_file", path.name, "", "a temporary file left by a killed writer"))
-            elif path.suffix == ".tar" and path.name not in expected:
-                report.problems.append(Problem("unindexed_shard", path.name, "", "no index row refers to this shard"))
+        report.bytes_read += size
+    for name in sorted(names):
+        if name.endswith(TMP_SUFFIX) or ".tmp-" in name:
+            report.problems.append(Problem("temp_file", name, "", "a temporary file left by a killed writer"))
+        elif name.endswith(".tar") and name not in expected:
+            report.problems.append(Problem("unindexed_shard", name, "", "no index row refers to this shard"))
     return report
+
+
+def _check_named_shard(run_dir: Path | str, name: str, present: bool,
+                       expected: Mapping[str, ExpectedClip]) -> tuple[list[Problem], int, int]:
+    """(problems, clips that passed, bytes) of one shard of a run, local or in a store."""
+    from shards.store import filesystem, join
+
+    if not is_url(run_dir):
+        path = Path(run_dir) / SHARD_DIR / name
+        problems, good = check_shard(path, expected)
+        return problems, good, path.stat().st_size if path.exists() else 0
+    if not present:
+        return [Problem("missing_shard", name, k, "the shard object is missing") for k in expected], 0, 0
+    url = join(str(run_dir), SHARD_DIR, name)
+    problems: list[Problem] = []
+    good = sum(1 for _ in iter_checked_samples(url, expected, problems.append))
+    fs, path = filesystem(url)
+    return problems, good, int(fs.info(path).get("size") or 0)
 
 
 def shard_urls_checked(urls: Sequence[str]) -> list[tuple[str, Mapping[str, ExpectedClip] | None]]:
     """Pair each local shard URL with its index rows (when its run has an index); a shard of a run with an
     index that the index does not list is an error (its clips are not part of the run)."""
-    tables: dict[Path, dict[str, dict[str, ExpectedClip]]] = {}
+    tables: dict[str, dict[str, dict[str, ExpectedClip]]] = {}
     out: list[tuple[str, Mapping[str, ExpectedClip] | None]] = []
     for url in urls:
         index = index_for_shard(url)
@@ -248,8 +290,8 @@ def shard_urls_checked(urls: Sequence[str]) -> list[tuple[str, Mapping[str, Expe
             out.append((url, None))
             continue
         if index not in tables:
-            tables[index] = expected_clips(pq.read_table(index))
-        name = Path(url).name
+            tables[index] = expected_clips(_read_table(index))
+        name = url.rstrip("/").rpartition("/")[2] if is_url(url) else Path(url).name
         if name not in tables[index]:
             raise ShardDamaged(Problem("unindexed_shard", name, "", f"is not listed in {index}"), url)
         out.append((url, tables[index][name]))

@@ -34,9 +34,9 @@ class ShardInfo:
 
 
 def _fs(url: str):
-    import fsspec
+    from shards.store import filesystem  # one place builds a store's filesystem (options, endpoint)
 
-    return fsspec.core.url_to_fs(url)
+    return filesystem(url)
 
 
 def _join(base: str, *parts: str) -> str:
