@@ -166,29 +166,31 @@ def ray_task_runner(config: Any) -> Any:
         def __enter__(self) -> "UnishRayTaskRunner":
             import ray
 
-            if not ray.is_initialized():
+            owns = not ray.is_initialized()
+            if owns:
                 # `auto` is Ray's own word for "the cluster started on this machine"; prefect-ray would drop it.
                 ray.init(address=config.ray_address, namespace="prefect", include_dashboard=False,
                          log_to_driver=False)
-                self._owns_ray = True
             super().__enter__()
+            self._owns_ray = owns  # disconnect (a temporary cluster: stop it) when the run ends
             stage_names = config.stage_names()
             plan = ray_plan(stage_names, config.ray_gpus_per_labeller, config.ray_labellers,
                             ray.cluster_resources().get("GPU", 0.0))
             namespace = f"unish-{uuid.uuid4().hex[:12]}"  # this run's actors only
             names = [f"labeller-{i}" for i in range(plan.labellers)]
+            env = {k: v for k, v in {**forwarded_env(), "PREFECT_API_URL": _api_url()}.items() if v}
             actor = ray.remote(Labeller)
             self.labellers = [actor.options(name=n, namespace=namespace, max_restarts=LABELLER_RESTARTS,
-                                            max_task_retries=LABELLER_RESTARTS, **plan.labeller)
+                                            max_task_retries=LABELLER_RESTARTS, runtime_env={"env_vars": env},
+                                            **plan.labeller)
                               .remote(stage_names, config.stage_params) for n in names]
             # fail here (a stage that cannot load) rather than in every video
             ray.get([a.chain.remote() for a in self.labellers])
-            env = {"PREFECT_API_URL": _api_url()}
             if names:
                 env[LABELLERS_ENV] = json.dumps({"namespace": namespace, "names": names})
             # max_calls=0: a worker process is reused across videos (Ray's default retires GPU workers after one)
             self.video_options = {**plan.video, "max_retries": VIDEO_RETRIES, "max_calls": 0,
-                                  "runtime_env": {"env_vars": {k: v for k, v in env.items() if v}}}
+                                  "runtime_env": {"env_vars": env}}
             log.info("ray: %d labellers (%s each), video tasks %s", plan.labellers, plan.labeller, plan.video)
             return self
 
@@ -210,6 +212,12 @@ def ray_task_runner(config: Any) -> Any:
             super().__exit__(*exc_info)
 
     return UnishRayTaskRunner()
+
+
+def forwarded_env() -> dict[str, str]:
+    """The driver's `UNISH_*` settings (the weights folder, fault injection in tests), for Ray tasks and actors:
+    workers a cluster started get the environment of `ray start`, not the driver's."""
+    return {k: v for k, v in os.environ.items() if k.startswith("UNISH_") and k != LABELLERS_ENV}
 
 
 def _api_url() -> str:
