@@ -36,21 +36,75 @@ def ray_cluster(tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_worker_niceness": "0",  # shared cores: no nice 15
            "RAY_USAGE_STATS_ENABLED": "0"}
     common = ["--num-cpus=1", "--num-gpus=0", f"--object-store-memory={OBJECT_STORE_BYTES}", "--disable-usage-stats"]
-    head = subprocess.run([RAY, "start", "--head", f"--port={_free_port()}", f"--temp-dir={tmp}", "--include-dashboard=false",
-                           *common], env=env, capture_output=True, text=True, timeout=180)
+    head = subprocess.run([RAY, "start", "--head", f"--port={_free_port()}", f"--temp-dir={tmp}",
+                           f"--ray-client-server-port={_free_port()}", "--include-dashboard=false", *common], env=env, capture_output=True, text=True, timeout=180)
     assert head.returncode == 0, head.stderr
     address = re.search(r"--address='([^']+)'", head.stdout).group(1)  # as `ray start --head` says to join it
     try:
-        worker = subprocess.run([RAY, "start", f"--address={address}", *common], env=env, capture_output=True,
+        worker = subprocess.run([RAY, "start", f"--address={address}", f"--temp-dir={tmp}", *common], env=env, capture_output=True,
                                 text=True, timeout=180)
         assert worker.returncode == 0, worker.stderr
         yield address
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop_cluster(tmp, address)
         if old_auth is None:
             os.environ.pop("RAY_AUTH_MODE", None)
         else:
             os.environ["RAY_AUTH_MODE"] = old_auth
+
+
+def _pids_mentioning(text: str) -> list[int]:
+    """Processes whose command line contains `text` (the cluster's temp folder: its Ray processes only)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text.encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _with_descendants(roots: list[int]) -> list[int]:
+    parent = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                parent[int(proc.name)] = int((proc / "stat").read_text().rsplit(") ", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = set(roots), list(roots)
+    while frontier:
+        pid = frontier.pop()
+        children = [c for c, p in parent.items() if p == pid and c not in found]
+        found.update(children)
+        frontier += children
+    return sorted(found)
+
+
+def _stop_cluster(temp_dir: Path, address: str) -> None:
+    """Stop this test's Ray processes by pid (`ray stop` would stop every Ray cluster on the machine): those naming
+    its temp folder or address, and their children (agents, workers)."""
+    roots = [p for p in _pids_mentioning(str(temp_dir)) + _pids_mentioning(address) if p != os.getpid()]
+    targets = _with_descendants(roots)
+    for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        pids = [p for p in targets if Path(f"/proc/{p}").exists() and _state(p) != "Z"]
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait_s
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if Path(f"/proc/{p}").exists() and "Z" not in _state(p)]
+            time.sleep(0.2)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1]
+    except (OSError, IndexError):
+        return "Z"
 
 
 def _free_port() -> int:
@@ -125,7 +179,7 @@ def test_worker_killed_mid_shard_then_rerun_ends_as_uninterrupted(ray_cluster, l
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "flows.cli", "curate", str(manifest), "--out", str(out), "--stages", ",".join(STAGES),
            "--runner", "ray", "--ray-address", ray_cluster, "--workers", "2", "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "UNISH_FAULT_PACK_DELAY_S": "3"}  # forwarded to the video tasks
+    env = {**os.environ, "PYTHONPATH": str(REPO), "UNISH_FAULT_PACK_DELAY_S": "2"}  # forwarded to the video tasks
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     killed = []
     deadline = time.monotonic() + 240
