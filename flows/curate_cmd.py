@@ -71,7 +71,7 @@ def curate(
                                               "this machine); default a temporary local cluster"),
     ray_gpus_per_labeller: float = typer.Option(1.0, help="GPUs each Ray labeller asks for (GPU stages only)"),
     ray_labellers: Optional[int] = typer.Option(None, help="Ray labeller actors (default: one per "
-                                                "--ray-gpus-per-labeller GPUs; one for CPU stages)"),
+                                                "--ray-gpus-per-labeller GPUs; CPU stages run in the video tasks)"),
     strict: bool = typer.Option(False, "--strict", help="exit non-zero on any row error, even one a rerun cannot "
                                 "clear (a bad manifest row, a 404, an unreadable file)"),
     as_json: bool = typer.Option(False, "--json", help="print the summary (counts, errors, log, flow run, exit "

@@ -44,7 +44,8 @@ class CurateConfig(BaseModel):
                                     "none: a temporary local cluster")
     ray_gpus_per_labeller: float = Field(1.0, ge=0, description="GPUs each Ray labeller asks for (GPU stages only)")
     ray_labellers: int | None = Field(None, ge=1, description="Ray labeller actors (default: one per "
-                                      "ray_gpus_per_labeller GPUs of the cluster; one for CPU stages)")
+                                      "ray_gpus_per_labeller GPUs of the cluster; CPU stages: none, they run in "
+                                      "the video tasks)")
 
     def spine(self) -> SpineParams:
         return SpineParams(

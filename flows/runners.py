@@ -2,8 +2,9 @@
 cluster (`ray`, prefect-ray's task runner).
 
 On Ray, each video's chain (`flows.curate.video_task`: fetch, probe, segment, pack) is a Ray task asking for one
-CPU; the labelling stages run in `Labeller` actors that load the models once and label every video sent to them,
-asking for `gpus_per_labeller` GPUs when a stage runs a model on a GPU (`GPU_STAGES`) and none otherwise. A video
+CPU. When a stage runs a model on a GPU (`GPU_STAGES`), the labelling stages run in `Labeller` actors asking for
+`gpus_per_labeller` GPUs each, which load the models once and label every video sent to them; CPU stages run in
+the video task itself (loaded once per worker process, which Ray reuses), or in actors when `labellers` is given. A video
 task hands its work folder to a labeller and waits; the run folder must therefore be one filesystem that every
 node sees (a shared mount), as the shards are written by the video tasks themselves. The actors' names reach the
 video tasks through `LABELLERS_ENV`, set on those tasks only.
@@ -55,9 +56,9 @@ def needs_gpu(stage_names: list[str]) -> bool:
 
 def ray_plan(stage_names: list[str], gpus_per_labeller: float, labellers: int | None,
              cluster_gpus: float = 0.0) -> RayPlan:
-    """Resource requests for these stages: no labeller without stages; GPU stages ask for `gpus_per_labeller` each
-    labeller, and by default there are as many labellers as the cluster's GPUs hold (at least one); CPU stages
-    ask for none and get one labeller unless told."""
+    """Resource requests for these stages. GPU stages run in labeller actors asking for `gpus_per_labeller` each,
+    by default as many as the cluster's GPUs hold (at least one). CPU stages run inside the video tasks (each
+    worker process loads them once and keeps them for the videos after), unless `labellers` asks for actors."""
     gpus = gpus_per_labeller if needs_gpu(stage_names) else 0.0
     if not stage_names:
         count = 0
@@ -66,7 +67,7 @@ def ray_plan(stage_names: list[str], gpus_per_labeller: float, labellers: int | 
     elif gpus > 0:
         count = max(1, int(cluster_gpus // gpus))
     else:
-        count = 1
+        count = 0
     return RayPlan(video={"num_cpus": VIDEO_CPUS, "num_gpus": 0.0},
                    labeller={"num_cpus": LABELLER_CPUS, "num_gpus": gpus}, labellers=count)
 

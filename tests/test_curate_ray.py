@@ -150,7 +150,9 @@ def test_ray_runner_matches_local_and_loads_the_labeller_once(ray_cluster, local
     from flows.params import CurateConfig
 
     out = tmp_path / "run"
-    config = CurateConfig(stages=STAGES, workers=2, progress=False, runner="ray", ray_address=ray_cluster)
+    # one labeller actor asked for (a CPU stage would otherwise run in the video tasks): the path GPU stages take
+    config = CurateConfig(stages=STAGES, workers=2, progress=False, runner="ray", ray_address=ray_cluster,
+                          ray_labellers=1)
     summary = run_curate(manifest, out, config)
     assert summary["ok"] == 3 and {e["reason"] for e in summary["errors"]} == {"missing_file", "unreadable"}
     index, videos, shards = _result(out)
@@ -198,3 +200,19 @@ def test_worker_killed_mid_shard_then_rerun_ends_as_uninterrupted(ray_cluster, l
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert _result(out) == _result(local_run)
     assert not list((out / "shards").glob("*.tmp*"))
+
+
+def test_resource_requests_place_gpu_stages_on_gpus_and_cpu_stages_in_the_video_tasks():
+    from flows.runners import ray_plan
+    from tasks.profiles import PROFILES
+
+    paper = ray_plan(PROFILES["paper"], 1.0, None, cluster_gpus=8)
+    assert paper.labellers == 8 and paper.labeller["num_gpus"] == 1.0 and paper.video == {"num_cpus": 1.0,
+                                                                                           "num_gpus": 0.0}
+    assert ray_plan(PROFILES["paper"], 0.5, None, cluster_gpus=8).labellers == 16  # two model sets per GPU
+    assert ray_plan(PROFILES["paper"], 1.0, None, cluster_gpus=0).labellers == 1  # waits for a GPU node to join
+    assert ray_plan(["people:external", "masks:sam2"], 1.0, None, 2).labeller["num_gpus"] == 1.0
+    lite = ray_plan(PROFILES["lite"], 1.0, None, cluster_gpus=8)
+    assert lite.labellers == 0 and lite.labeller["num_gpus"] == 0.0  # CPU models load in each video worker
+    assert ray_plan(PROFILES["lite"], 1.0, 2, cluster_gpus=8).labellers == 2
+    assert ray_plan([], 1.0, 3).labellers == 0
