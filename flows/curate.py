@@ -20,7 +20,6 @@ from typing import Any, Callable
 import flows.prefect_env  # noqa: F401  (sets Prefect defaults before it is imported)
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from shards.atomic import is_storage_error, remove_temp_files, write_json_atomic
 from shards.blocklist import Blocklist, read_blocklist, withdrawn_video_row, youtube_id_of
@@ -28,6 +27,7 @@ from shards.index import INDEX_FILE, VIDEOS_FILE, rows_to_table, write_table_if_
 from shards.release import RUN_PARAMS_FILE
 from shards.runfolder import check_writable, run_lock
 from shards.schema import INDEX_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_REJECTED, VIDEOS_SCHEMA
+from flows import runners
 from flows.params import CurateConfig
 from flows.runlog import handled_log, run_log
 from flows.video_queue import QueuedVideo, VideoQueue
@@ -78,9 +78,20 @@ def segment_task(row: ManifestRow, fetched: Fetched, info: VideoInfo, workdir: s
     return pipeline.run_segment(row, fetched, info, Path(workdir), config.spine())
 
 
+def stage_chain(stage_names: list[str], stage_params: dict[str, dict], workdir: Path) -> tuple[list[str], list[str]]:
+    """(label families, chain fingerprints) of the run's stages: from the run's Ray labellers when there are any
+    (the models load there, not in every video task), else from this process's stages."""
+    if stage_names and (remote := runners.remote_labellers()):
+        return remote.chain(str(workdir))
+    stages = [get_stage(n, stage_params.get(n))[0] for n in stage_names]
+    return [s.name for s in stages], pipeline.stage_chain_fingerprints(stages)
+
+
 @task(name="label", cache_policy=NO_CACHE, task_run_name="label-{stage_name}")
 def label_task(stage_name: str, workdir: str, windows: list[dict], fingerprint: str,
                params: dict | None = None) -> dict[str, int]:
+    if remote := runners.remote_labellers():
+        return remote.label(stage_name, workdir, windows, fingerprint)
     stage, lock = get_stage(stage_name, params)
     with lock:
         return pipeline.run_label_stage(stage, Path(workdir), windows, fingerprint)
@@ -145,8 +156,7 @@ def video_task(row: ManifestRow, out: str, config: CurateConfig, stage_names: li
     out_dir = Path(out)
     shard_dir = out_dir / SHARD_DIR
     workdir = pipeline.video_workdir(out_dir / WORK_DIR / "videos", row)
-    stages = [get_stage(n, config.stage_params.get(n))[0] for n in stage_names]
-    stage_fps = pipeline.stage_chain_fingerprints(stages)
+    families, stage_fps = stage_chain(stage_names, config.stage_params, workdir)
     fingerprint = pipeline.chain_fingerprint(config.spine(), stage_fps)
     saved, repaired = finished_video(workdir, shard_dir, fingerprint, config.verify_shards)
     if saved is not None:  # finished in an earlier run with the same parameters, shards intact
@@ -170,11 +180,10 @@ def video_task(row: ManifestRow, out: str, config: CurateConfig, stage_names: li
         info = probe_task(fetched, str(workdir))
         stage = "segment"
         windows = segment_task(row, fetched, info, str(workdir), config)
-        pipeline.reopen_stale_clips(workdir, windows, {s.name: fp for s, fp in zip(stages, stage_fps)})
+        pipeline.reopen_stale_clips(workdir, windows, dict(zip(families, stage_fps)))
         for name, stage_fp in zip(stage_names, stage_fps):
             stage = f"label:{name}"
             label_task(name, str(workdir), windows, stage_fp, config.stage_params.get(name))
-        families = [s.name for s in stages]
         stage = "pack"
         clips = pack_task(row, str(workdir), windows, families, str(shard_dir), config, fingerprint)
     except FetchError as e:
@@ -202,6 +211,13 @@ def video_task(row: ManifestRow, out: str, config: CurateConfig, stage_names: li
     if not any(c["status"] == STATUS_ERROR for c in clips):  # a clip error is retried by the next run
         write_json_atomic(workdir / VIDEO_MARKER, {"fingerprint": fingerprint, "video": vrow, "clips": clips})
     return {"video": vrow, "clips": clips, "repaired": repaired, "errors": clip_error_entries(vrow, clips)}
+
+
+def lost_video(row: ManifestRow, error: Exception) -> dict:
+    """The error row of a video whose task never returned (its worker died): `worker_lost`, a rerun redoes it."""
+    vrow = pipeline.video_row(row, STATUS_ERROR, "worker_lost", f"{type(error).__name__}: {error}")
+    handled_log.error("%s (manifest row %s): worker lost: %s", row.source_id, row.row, error)
+    return {"video": vrow, "clips": [], "errors": [error_entry(vrow, "worker", True)]}
 
 
 def manifest_problem_rows(problems: list, blocklist: Blocklist = Blocklist()) -> list[dict]:
@@ -381,7 +397,10 @@ def _curate_locked(manifest: str, out_dir: Path, config: CurateConfig, took_over
         except queue_mod.Empty:
             continue  # a delayed retry (or a backed-off host) is ready: submit it
         item = in_flight.pop(future)
-        result = future.result()
+        try:
+            result = future.result()
+        except Exception as e:  # the process running it died (a Ray worker or node lost): a rerun redoes the video
+            result = lost_video(item.row, e)
         for problem in result.get("repaired", []):
             logger.warning("%s: repacking, shard damaged: %s", item.row.source_id, problem)
         summary["repaired"] += bool(result.get("repaired"))
@@ -420,8 +439,8 @@ def _curate_locked(manifest: str, out_dir: Path, config: CurateConfig, took_over
 
 
 def configured_flow(config: CurateConfig) -> Any:
-    """The flow with `config.workers` videos at once (the task runner is a run-time choice)."""
-    return curate_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=config.workers))
+    """The flow on `config.runner`'s task runner (`flows/runners.py`), `config.workers` videos at once."""
+    return curate_flow.with_options(task_runner=runners.task_runner(config))
 
 
 def run_curate(manifest: str | Path, out: str | Path, config: CurateConfig = CurateConfig()) -> dict:

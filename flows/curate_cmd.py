@@ -25,7 +25,8 @@ FLAGS = {
     "stride": "stride_s", "shard_max_mb": "shard_max_mb", "fetch_retries": "fetch_retries",
     "retry_delay": "fetch_retry_delays_s", "host_backoff": "host_backoff_s", "fetch_timeout": "fetch_timeout_s",
     "max_frame_offset": "max_frame_offset_s", "verify_shards": "verify_shards", "cookies": "cookies",
-    "proxy": "proxy", "progress": "progress",
+    "proxy": "proxy", "progress": "progress", "runner": "runner", "ray_address": "ray_address",
+    "ray_gpus_per_labeller": "ray_gpus_per_labeller", "ray_labellers": "ray_labellers",
 }
 
 
@@ -67,6 +68,13 @@ def curate(
     cookies: Optional[str] = typer.Option(None, help="cookies.txt for yt-dlp (only if you configure it)"),
     proxy: Optional[str] = typer.Option(None, help="proxy URL for yt-dlp"),
     progress: bool = typer.Option(True, help="live progress display"),
+    runner: str = typer.Option("local", help="where videos run: local (threads here) or ray (a Ray cluster; see "
+                               "README, Scale out)"),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join (auto: the one `ray start` began on "
+                                              "this machine); default a temporary local cluster"),
+    ray_gpus_per_labeller: float = typer.Option(1.0, help="GPUs each Ray labeller asks for (GPU stages only)"),
+    ray_labellers: Optional[int] = typer.Option(None, help="Ray labeller actors (default: one per "
+                                                "--ray-gpus-per-labeller GPUs; CPU stages run in the video tasks)"),
     strict: bool = typer.Option(False, "--strict", help="exit non-zero on any row error, even one a rerun cannot "
                                 "clear (a bad manifest row, a 404, an unreadable file)"),
     as_json: bool = typer.Option(False, "--json", help="print the summary (counts, errors, log, flow run, exit "

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -38,6 +38,14 @@ class CurateConfig(BaseModel):
     cookies: str | None = None
     proxy: str | None = None
     progress: bool = True
+    # Where the videos run (flows/runners.py): Prefect's thread pool here, or a Ray cluster.
+    runner: Literal["local", "ray"] = Field("local", description="local (threads on this machine) or ray")
+    ray_address: str | None = Field(None, description="Ray cluster address; auto: the one `ray start` began here; "
+                                    "none: a temporary local cluster")
+    ray_gpus_per_labeller: float = Field(1.0, ge=0, description="GPUs each Ray labeller asks for (GPU stages only)")
+    ray_labellers: int | None = Field(None, ge=1, description="Ray labeller actors (default: one per "
+                                      "ray_gpus_per_labeller GPUs of the cluster; CPU stages: none, they run in "
+                                      "the video tasks)")
 
     def spine(self) -> SpineParams:
         return SpineParams(
