@@ -13,12 +13,13 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from short_tmp import short_temp_dir
 
 START_TIMEOUT_S = 90
 LOAD_TIMEOUT_S = 120
@@ -88,7 +89,7 @@ class _Cdp:
 
 def open_page(binary: str, page: Path, script: str, width: int = 1200, max_height: int = 16000) -> PageResult:
     """Load `page` headless, evaluate `script` (an expression; may return a promise) and screenshot the page."""
-    with tempfile.TemporaryDirectory(prefix="unish-chromium-") as profile:
+    with short_temp_dir("unish-chromium-") as profile:
         args = [binary, "--headless", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
                 "--disable-extensions", "--disable-background-networking", "--disable-sync", "--hide-scrollbars",
                 "--mute-audio", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
@@ -96,7 +97,8 @@ def open_page(binary: str, page: Path, script: str, width: int = 1200, max_heigh
         if os.geteuid() == 0:
             args.insert(1, "--no-sandbox")  # Chromium's sandbox refuses to run as root
         log = open(Path(profile) / "stderr.log", "wb")
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
+        # its sockets go under TMPDIR: a short one (see short_tmp)
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "TMPDIR": str(profile)})
         try:
             port = _devtools_port(Path(profile), proc)
             loopback = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy

@@ -313,7 +313,7 @@ def test_body_model_equals_smplx_smpl_on_the_same_arrays(tmp_path: Path) -> None
     model at SMPL's size: same vertices and joints for random poses, shapes and translations.  smplx is given the
     arrays themselves (its own SMPL loader would unpickle the file); our BodyModel keeps loading the .npz without
     pickle."""
-    smplx = pytest.importorskip("smplx")
+    import smplx  # a test dependency: its absence is a failure, not a skip
     from smplx.utils import Struct
 
     path = write_synthetic_body_model(tmp_path / "smpl.npz", seed=7)

@@ -17,9 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO, ffmpeg
-
-pytest.importorskip("ray")
-pytest.importorskip("prefect_ray")
+from short_tmp import short_temp_dir
 
 RAY = str(Path(sys.executable).with_name("ray"))
 STAGES = ["depth:none"]  # a CPU labeller that keeps every clip: its labels go into the shards
@@ -27,9 +25,13 @@ OBJECT_STORE_BYTES = 100 * 2**20  # Ray's floor is 75 MiB; the runs pass only sm
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
+def ray_cluster():
     """A head node and one worker node, one CPU each; their worker processes import this checkout."""
-    tmp = tmp_path_factory.mktemp("ray")
+    with short_temp_dir("unish-ray-") as tmp:  # Ray's sockets live in its temp folder
+        yield from _cluster(tmp)
+
+
+def _cluster(tmp: Path):
     # a private cluster on this machine: no token file under ~/.ray to share (the test process joins it too)
     old_auth = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "disabled"
@@ -37,12 +39,13 @@ def ray_cluster(tmp_path_factory):
            "RAY_USAGE_STATS_ENABLED": "0"}
     common = ["--num-cpus=1", "--num-gpus=0", f"--object-store-memory={OBJECT_STORE_BYTES}", "--disable-usage-stats"]
     head = subprocess.run([RAY, "start", "--head", f"--port={_free_port()}", f"--temp-dir={tmp}",
-                           f"--ray-client-server-port={_free_port()}", "--include-dashboard=false", *common], env=env, capture_output=True, text=True, timeout=180)
+                           f"--ray-client-server-port={_free_port()}", "--include-dashboard=false", *common],
+                          env=env, capture_output=True, text=True, timeout=180)
     assert head.returncode == 0, head.stderr
     address = re.search(r"--address='([^']+)'", head.stdout).group(1)  # as `ray start --head` says to join it
     try:
-        worker = subprocess.run([RAY, "start", f"--address={address}", f"--temp-dir={tmp}", *common], env=env, capture_output=True,
-                                text=True, timeout=180)
+        worker = subprocess.run([RAY, "start", f"--address={address}", f"--temp-dir={tmp}", *common], env=env,
+                                capture_output=True, text=True, timeout=180)
         assert worker.returncode == 0, worker.stderr
         yield address
     finally:

@@ -84,7 +84,11 @@ def test_every_clip_once_per_epoch_across_two_ranks_and_two_workers(even_run):
     assert epochs[0] != epochs[1]  # a new order each epoch, the same clips
 
 
-def test_two_processes_split_the_clips_exactly(even_run):
+def test_two_processes_split_the_clips_exactly(even_run, tmp_path):
+    # under a TMPDIR too long for multiprocessing's Unix sockets (see data.short_socket_folder)
+    long_tmp = tmp_path / ("a-long-temporary-folder-" * 4) / "and-another-level"
+    long_tmp.mkdir(parents=True)
+    assert len(str(long_tmp)) > 107 - len("/pymp-xxxxxxxx/listener-xxxxxxxx")
     script = textwrap.dedent("""
         import json, sys
         from unish_model.train.data import ClipLoader, LoaderConfig
@@ -93,7 +97,8 @@ def test_two_processes_split_the_clips_exactly(even_run):
         print(json.dumps([k for b in loader for k in b.keys]))
     """)
     procs = [subprocess.Popen([sys.executable, "-c", script, str(even_run), str(r)], cwd=REPO, text=True,
-                              stdout=subprocess.PIPE, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+                              stdout=subprocess.PIPE,
+                              env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "TMPDIR": str(long_tmp)})
              for r in (0, 1)]
     outs = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
     assert [len(o) for o in outs] == [10, 10]

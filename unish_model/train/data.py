@@ -35,7 +35,11 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
+import multiprocessing.util
+import os
 import random
+import shutil
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
@@ -287,6 +291,7 @@ def worker_context() -> mp.context.BaseContext:
     """Workers start from a fork server, not a fork of the training process: a process with threads running
     (a Prefect server, OpenMP pools, NCCL) can leave a forked child waiting forever on a lock one of them held.
     The server imports the loader once, so each worker still starts in a fraction of a second."""
+    short_socket_folder()
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
@@ -294,7 +299,27 @@ def worker_context() -> mp.context.BaseContext:
     return ctx
 
 
+SOCKET_PATH_MAX = 107  # bytes in a Unix socket's path (sun_path, less its final NUL)
+
+
+def short_socket_folder() -> None:
+    """multiprocessing puts its Unix sockets (the fork server's; the one that hands a batch's shared memory from a
+    worker to the trainer) in its folder below the temp folder. Under a long TMPDIR their paths do not fit, and
+    a worker's batch would be lost without an error: give this process's multiprocessing a folder under /tmp
+    (or /dev/shm) then, as `multiprocessing.util.get_temp_dir` would have made it (TMPDIR itself is kept)."""
+    current = multiprocessing.util.get_temp_dir()
+    if len(current) + len("/listener-xxxxxxxx") <= SOCKET_PATH_MAX:
+        return
+    base = next((b for b in ("/tmp", "/dev/shm") if os.access(b, os.W_OK)), None)
+    if base is None:
+        return
+    folder = tempfile.mkdtemp(prefix="pymp-", dir=base)
+    multiprocessing.util.Finalize(None, shutil.rmtree, args=[folder, True], exitpriority=-100)
+    mp.current_process()._config["tempdir"] = folder  # where get_temp_dir keeps its folder
+
+
 def _worker_init(_: int) -> None:
+    short_socket_folder()  # the worker's end of the shared-memory hand-over
     # Two levels of threads (workers x OpenCV/torch threads) only fight over the cores.
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
