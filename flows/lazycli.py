@@ -1,8 +1,8 @@
 """A Typer group whose commands are imported only when used: `unish --help` lists them from one line each.
 
 `LazyGroup.lazy_commands` maps a command name to `("module:attribute", short help)`; the attribute is a command
-function, a Typer sub-app or a built command.  Listing the commands (`unish --help`) uses the short help and imports nothing;
-running a command, or asking for its own help, imports its module then.
+function, a Typer sub-app or a built command.  Listing the commands (`unish --help`) uses the short help and
+imports nothing; running a command, or asking for its own help, imports its module then.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typer.core import TyperCommand, TyperGroup
 
 
 def load_command(target: str, name: str) -> Any:
-    """The click command for `module:attribute` (a function, or a Typer sub-app), named `name`."""
+    """The click command for `module:attribute` (a function, a Typer sub-app or a built command), named `name`."""
     module, _, attr = target.partition(":")
     obj: Any = getattr(importlib.import_module(module), attr)
     if isinstance(obj, (TyperCommand, TyperGroup)):  # built by its module (e.g. to pass its own context settings)
