@@ -29,7 +29,9 @@ import typer
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from flows.params import ClipOutputConfig
 
 BEDLAM_PARAMS_FILE = "bedlam.json"
 WORK_SUBDIR = "bedlam"  # under _work: one folder per track
@@ -50,7 +52,7 @@ class BedlamLayoutError(ValueError):
     """ROOT holds no BEDLAM scene, or a scene asked for is not there."""
 
 
-class BedlamConfig(BaseModel):
+class BedlamConfig(ClipOutputConfig):
     labels: str | None = Field(None, description="folder of <scene>.npz (default ROOT/processed_labels)")
     smpl: str | None = Field(None, description="SMPL .npz in unish's layout (default: the weights folder's)")
     smplx: str | None = Field(None, description=f"SMPL-X .npz (default: the weights folder's {SMPLX_FILE})")
@@ -58,11 +60,7 @@ class BedlamConfig(BaseModel):
                                    f"{SMPLX2SMPL_FILE})")
     scenes: list[str] | None = Field(None, description="only these scenes")
     workers: int = Field(2, ge=1, description="tracks converted at once")
-    window_frames: int = Field(30, ge=1)
-    window_fps: float = Field(6.0, gt=0)
     source_fps: float = Field(30.0, gt=0)
-    stride_s: float | None = Field(None, gt=0)
-    jpeg_quality: int = Field(92, ge=50, le=100)
     max_fit_error_m: float = Field(0.02, gt=0)
     fit_iterations: int = Field(30, ge=1)
     fit_max_vertices: int = Field(1800, ge=100)
@@ -71,9 +69,6 @@ class BedlamConfig(BaseModel):
     mask_min_iou: float = Field(0.3, ge=0, le=1)
     min_mask_pixels: int = Field(64, ge=1)
     max_absent_frames: int = Field(0, ge=0)
-    shard_max_mb: float = Field(512.0, gt=0)
-    shard_max_samples: int = Field(1000, ge=1)
-    verify_shards: bool = Field(False, description="check every finished shard's digests, not only changed files")
     torch_threads: int = Field(1, ge=1, description="torch threads per run (tracks run in parallel: --workers)")
 
     def params(self) -> Any:
@@ -85,11 +80,6 @@ class BedlamConfig(BaseModel):
             fit_iterations=self.fit_iterations, fit_max_vertices=self.fit_max_vertices, depth_max_m=self.depth_max_m,
             occlusion_tolerance_m=self.occlusion_tolerance_m, mask_min_iou=self.mask_min_iou,
             min_mask_pixels=self.min_mask_pixels, max_absent_frames=self.max_absent_frames)
-
-    def limits(self) -> Any:
-        from shards.writer import ShardLimits
-
-        return ShardLimits(int(self.shard_max_mb * 1024 * 1024), self.shard_max_samples)
 
     def labels_dir(self, root: Path) -> Path:
         return Path(self.labels) if self.labels else Path(root) / DEFAULT_LABELS_DIR
@@ -226,7 +216,7 @@ def convert_track(out_dir: Path, scene: Any, track: Any, labels: Any, bodies: An
     from unish_model.body.fit import FIT_VERSION
 
     params = config.params()
-    limits = config.limits()
+    limits = config.shard_limits()
     shard_dir = out_dir / SHARD_DIR
     workdir = out_dir / WORK_DIR / WORK_SUBDIR / track.source_id
     used = {k: v for k, v in weights.items() if k == "smpl" or labels.body == "smplx"}

@@ -11,21 +11,31 @@ from tasks.pipeline import SpineParams
 from tasks.shots import ShotParams, WindowParams
 
 
-class CurateConfig(BaseModel):
+class ClipOutputConfig(BaseModel):
+    """What every command that writes clips sets alike (`curate`, `bedlam`): a clip's frames, their JPEG quality,
+    and the shards' bounds."""
+
+    window_frames: int = Field(30, ge=1)
+    window_fps: float = Field(6.0, gt=0)
+    stride_s: float | None = Field(None, gt=0, description="seconds between window starts (default: back to back)")
+    jpeg_quality: int = Field(92, ge=50, le=100)
+    shard_max_mb: float = Field(512.0, gt=0)
+    shard_max_samples: int = Field(1000, ge=1)
+    verify_shards: bool = Field(False, description="check every finished shard's digests, not only changed files")
+
+    def shard_limits(self) -> ShardLimits:
+        return ShardLimits(int(self.shard_max_mb * 1024 * 1024), self.shard_max_samples)
+
+
+class CurateConfig(ClipOutputConfig):
     profile: str = Field("none", description="labelling profile: none, lite or paper")
     stages: list[str] | None = Field(None, description="explicit labelling stage names (overrides the profile)")
     stage_params: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="keyword arguments per stage name, e.g. {'people:hog': {...}}")
     workers: int = Field(2, ge=1, description="videos processed at once")
     window_seconds: float = Field(5.0, gt=0)
-    window_frames: int = Field(30, ge=1)
-    window_fps: float = Field(6.0, gt=0)
-    stride_s: float | None = Field(None, gt=0, description="seconds between window starts (default: back to back)")
     shot_threshold: float = Field(27.0, gt=0)
     min_scene_len_s: float = Field(0.5, ge=0)
-    jpeg_quality: int = Field(92, ge=50, le=100)
-    shard_max_mb: float = Field(512.0, gt=0)
-    shard_max_samples: int = Field(1000, ge=1)
     section_pad_s: float = Field(2.0, ge=0)
     fetch_retries: int = Field(3, ge=0, description="retries of a transient download error (queued, not waited on)")
     fetch_retry_delays_s: list[float] = Field(default_factory=lambda: [10.0, 60.0, 300.0],
@@ -34,7 +44,6 @@ class CurateConfig(BaseModel):
     fetch_timeout_s: float = Field(20.0, gt=0, description="socket time-out of a download")
     max_frame_offset_s: float | None = Field(
         None, gt=0, description="farthest a sampled frame may be from its time (default half the sample interval)")
-    verify_shards: bool = Field(False, description="check every finished shard's digests, not only changed files")
     cookies: str | None = None
     proxy: str | None = None
     progress: bool = True
@@ -53,7 +62,7 @@ class CurateConfig(BaseModel):
                                  self.max_frame_offset_s),
             shots=ShotParams(self.shot_threshold, self.min_scene_len_s),
             jpeg_quality=self.jpeg_quality,
-            shard_limits=ShardLimits(int(self.shard_max_mb * 1024 * 1024), self.shard_max_samples),
+            shard_limits=self.shard_limits(),
         )
 
     def stage_names(self) -> list[str]:
