@@ -420,6 +420,9 @@ def run_bedlam(root: str | Path, out: str | Path, config: BedlamConfig = BedlamC
 # -- command line ---------------------------------------------------------------------------------------------------
 
 
+_DEFAULTS = BedlamConfig()  # the flags' defaults are the configuration's
+
+
 def bedlam(
     root: Path = typer.Argument(..., help="BEDLAM root: ROOT/<scene>/png/<seq>/*.png, ROOT/<scene>/depth/<seq>/"
                                 "*_depth.exr, optional ROOT/<scene>/masks/<seq>/*.png"),
@@ -433,16 +436,16 @@ def bedlam(
     smplx2smpl: Optional[Path] = typer.Option(None, help="SMPL-X -> SMPL vertex map (6890 x 10475): the SMPL-X "
                                               "downloads' transfer data or GVHMR's smplx2smpl_sparse.pt (default: "
                                               "the weights folder's)"),
-    max_fit_error: float = typer.Option(0.02, "--max-fit-error", min=0.0, help="fit bound, metres: a clip with a "
-                                        "frame whose SMPL fit to the SMPL-X body is worse (mean vertex distance) "
-                                        "is rejected (fit_error)"),
+    max_fit_error: float = typer.Option(_DEFAULTS.max_fit_error_m, "--max-fit-error", min=0.0,
+                                        help="fit bound, metres: a clip with a frame whose SMPL fit to the SMPL-X "
+                                        "body is worse (mean vertex distance) is rejected (fit_error)"),
     scene: list[str] = typer.Option([], "--scene", help="convert only this scene (repeatable)"),
-    workers: int = typer.Option(2, min=1, help="tracks (one person of one sequence) converted at once"),
-    window_frames: int = typer.Option(30, min=1, help="frames per clip"),
-    window_fps: float = typer.Option(6.0, help="frames per second inside a clip (BEDLAM's labels: 6)"),
+    workers: int = typer.Option(_DEFAULTS.workers, min=1, help="tracks (one person of one sequence) converted at once"),
+    window_frames: int = typer.Option(_DEFAULTS.window_frames, min=1, help="frames per clip"),
+    window_fps: float = typer.Option(_DEFAULTS.window_fps, help="frames per second inside a clip (BEDLAM's labels: 6)"),
     stride: Optional[float] = typer.Option(None, help="seconds between window starts (default: back to back)"),
-    shard_max_mb: float = typer.Option(512.0, help="shard size bound"),
-    verify_shards: bool = typer.Option(False, help="check the digests of every finished shard"),
+    shard_max_mb: float = typer.Option(_DEFAULTS.shard_max_mb, help="shard size bound"),
+    verify_shards: bool = typer.Option(_DEFAULTS.verify_shards, help="check the digests of every finished shard"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
     """Convert BEDLAM (synthetic, with ground truth: stage 2's data) into clips with labels, like `curate`.
